@@ -1,0 +1,59 @@
+# Copyright (c) svreg-monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Label grouping for MONAI :class:`~monai.metrics.DiceMetric` on warped label maps.
+
+Registration papers report Dice over a chosen set of structures (e.g. the 30 volumes of interest of the IXI
+benchmark) rather than over every label value. :func:`labels_to_onehot` turns an integer label map into the one-hot
+channels of exactly those structures, in the given order, so that ``DiceMetric(include_background=True)`` returns
+one column per structure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from svreg_monai.utils.validation import check_tensor
+
+__all__ = ["labels_to_onehot"]
+
+
+def labels_to_onehot(labels: torch.Tensor, label_values: Sequence[int] | Sequence[Sequence[int]]) -> torch.Tensor:
+    """One-hot encode selected structures of an integer label map.
+
+    Args:
+        labels: ``(B, 1, *S)`` integer label map (any numeric dtype holding integers).
+        label_values: one entry per output channel: a label value, or a sequence of values merged into one
+            structure (e.g. left and right hippocampus). Values absent from ``labels`` give empty channels, which
+            ``DiceMetric`` reports as NaN (``ignore_empty=True``).
+
+    Returns:
+        ``(B, K, *S)`` float one-hot tensor, ``K = len(label_values)``.
+
+    Example::
+
+        dice = DiceMetric(include_background=True, reduction="mean_batch")
+        dice(labels_to_onehot(warped_labels, voi), labels_to_onehot(fixed_labels, voi))
+    """
+    check_tensor(labels, "labels", ndim=(4, 5), floating=False)
+    if labels.shape[1] != 1:
+        raise ValueError(f"labels must have shape (B, 1, *S), got {tuple(labels.shape)}.")
+    if len(label_values) == 0:
+        raise ValueError("label_values must name at least one structure, got an empty sequence.")
+    channels = []
+    for entry in label_values:
+        values = [entry] if isinstance(entry, (int, float)) else list(entry)
+        if not values or any(isinstance(v, bool) or float(v) != int(v) for v in values):
+            raise ValueError(f"label_values entries must be integers or non-empty sequences of them, got {entry!r}.")
+        values_t = torch.tensor([int(v) for v in values], device=labels.device, dtype=labels.dtype)
+        channels.append(torch.isin(labels[:, 0], values_t))
+    return torch.stack(channels, dim=1).float()
