@@ -13,6 +13,12 @@
 from __future__ import annotations
 
 from .functional import beta_prior, gaussian_prior, spatially_varying_diffusion
+from .functional_similarity import (
+    local_normalized_cross_correlation_loss,
+    separable_window_filter,
+    squared_local_correlation_loss,
+)
+from .image_similarity import LocalNormalizedCrossCorrelationLoss, SquaredLocalCorrelationLoss
 from .regularization import (
     BetaPriorLoss,
     GaussianPriorLoss,
@@ -24,10 +30,15 @@ from .regularization import (
 __all__ = [
     "BetaPriorLoss",
     "GaussianPriorLoss",
+    "LocalNormalizedCrossCorrelationLoss",
     "RegularizationLossOutput",
     "SpatiallyVaryingDiffusionLoss",
     "SpatiallyVaryingRegularizationLoss",
+    "SquaredLocalCorrelationLoss",
     "beta_prior",
     "gaussian_prior",
+    "local_normalized_cross_correlation_loss",
+    "separable_window_filter",
     "spatially_varying_diffusion",
+    "squared_local_correlation_loss",
 ]
