@@ -1,0 +1,38 @@
+# Copyright (c) svreg-monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Registration networks, their building blocks, and checkpoint conversion."""
+
+from __future__ import annotations
+
+from .convert import convert_reference_checkpoint
+from .layers import HyperConditionedNetwork, hyperize
+from .nets import (
+    DDFOnly,
+    HyperTransMorphTVFSPR,
+    RegistrationOutput,
+    SpatiallyVaryingRegistrationNet,
+    TransMorphTVFSPR,
+    codes_to_hyperparameters,
+    hyperparameters_to_codes,
+)
+
+__all__ = [
+    "DDFOnly",
+    "HyperConditionedNetwork",
+    "HyperTransMorphTVFSPR",
+    "RegistrationOutput",
+    "SpatiallyVaryingRegistrationNet",
+    "TransMorphTVFSPR",
+    "codes_to_hyperparameters",
+    "convert_reference_checkpoint",
+    "hyperize",
+    "hyperparameters_to_codes",
+]

@@ -1,0 +1,30 @@
+# Copyright (c) svreg-monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Registration networks."""
+
+from __future__ import annotations
+
+from .hyper_transmorph_spr import HyperTransMorphTVFSPR, codes_to_hyperparameters, hyperparameters_to_codes
+from .outputs import RegistrationOutput
+from .spr_net import SpatiallyVaryingRegistrationNet
+from .transmorph_spr import TransMorphDecoderBlock, TransMorphTVFSPR
+from .wrappers import DDFOnly
+
+__all__ = [
+    "DDFOnly",
+    "HyperTransMorphTVFSPR",
+    "RegistrationOutput",
+    "SpatiallyVaryingRegistrationNet",
+    "TransMorphDecoderBlock",
+    "TransMorphTVFSPR",
+    "codes_to_hyperparameters",
+    "hyperparameters_to_codes",
+]
