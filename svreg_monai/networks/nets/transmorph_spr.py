@@ -343,10 +343,7 @@ class TransMorphTVFSPR(nn.Module):
             the input (pull-back: ``warp(moving, ddf)`` ~ ``fixed``), ``velocity`` ``(B, N, *(S / 2))`` the
             accumulated velocity at half resolution in half-resolution voxels, and ``weight`` ``(B, 1, *S)``.
         """
-        if torch.jit.is_tracing():
-            # a cached identity grid would be recorded as a constant of the traced input size
-            self.integrator.warp.ref_grid = None
-        else:
+        if not torch.jit.is_tracing():
             self._check_inputs(moving, fixed)
         moving_h = self._pool(moving, 2, 2)
         fixed_h = self._pool(fixed, 2, 2)
