@@ -19,6 +19,7 @@ from .functional_similarity import (
     squared_local_correlation_loss,
 )
 from .image_similarity import LocalNormalizedCrossCorrelationLoss, SquaredLocalCorrelationLoss
+from .registration import RegistrationLoss
 from .regularization import (
     BetaPriorLoss,
     GaussianPriorLoss,
@@ -31,6 +32,7 @@ __all__ = [
     "BetaPriorLoss",
     "GaussianPriorLoss",
     "LocalNormalizedCrossCorrelationLoss",
+    "RegistrationLoss",
     "RegularizationLossOutput",
     "SpatiallyVaryingDiffusionLoss",
     "SpatiallyVaryingRegularizationLoss",

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from .io import atomic_path, atomic_write, save_nifti, write_csv
+from .keys import RegistrationKeys
 from .validation import (
     check_ddf,
     check_finite,
@@ -23,6 +25,9 @@ from .validation import (
 )
 
 __all__ = [
+    "RegistrationKeys",
+    "atomic_path",
+    "atomic_write",
     "check_ddf",
     "check_finite",
     "check_per_sample_value",
@@ -30,4 +35,6 @@ __all__ = [
     "check_spatial_dims",
     "check_tensor",
     "check_weight_map",
+    "save_nifti",
+    "write_csv",
 ]

@@ -1,0 +1,369 @@
+# Copyright (c) svreg-monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Ignite handler that saves the results of every registered pair of an evaluation and a table of metrics.
+
+Layout written under ``output_dir``::
+
+    <pair_id>/warped.nii.gz        moving image resampled onto the fixed grid (float32; C > 1 channels as 5D)
+    <pair_id>/warped_label.nii.gz  warped labels (int16; int32 if the values do not fit), if present
+    <pair_id>/ddf.nii.gz           displacement in voxels, channel order = array axes, as a NIfTI vector field
+                                   (5D ``(*S, 1, N)``, intent 'vector'; see :func:`svreg_monai.utils.save_nifti`)
+    <pair_id>/weight.nii.gz        regularisation weight map lambda(x) (float32), if present
+    <pair_id>/jacobian_det.nii.gz  det J of x + ddf(x) (float32; one-sided differences on the border)
+    <pair_id>/figure.png           panels of :func:`svreg_monai.visualize.registration_figure`
+    metrics.csv                    one row per pair and a final ``mean`` row
+
+All images carry the affine of the fixed image, on whose grid they are defined. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from svreg_monai.handlers._batch import SampleView, engine_data, sample_views
+from svreg_monai.metrics.functional import compute_jacobian_metrics, jacobian_determinant
+from svreg_monai.metrics.labels import labels_to_onehot
+from svreg_monai.utils.io import save_nifti, write_csv
+from svreg_monai.utils.keys import RegistrationKeys
+from svreg_monai.visualize.figures import registration_figure
+
+__all__ = ["RegistrationResultWriter", "pair_id_from_filenames", "file_stem"]
+
+logger = logging.getLogger(__name__)
+
+_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".pkl", ".npz", ".npy", ".png")
+_SUBJECT_NUMBER = re.compile(r"\d{2,}")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def file_stem(filename: str | os.PathLike) -> str:
+    """Name identifying an image file: its stem, prefixed by its folder when the stem alone is ambiguous.
+
+    The image suffix (``.nii.gz``, ``.nii``, ``.mha``, ``.mhd``, ``.nrrd``, ``.pkl``, ``.npz``, ``.npy``,
+    ``.png``) is stripped. A stem without a number of at least two digits (a generic name such as ``T1``,
+    ``brain`` or ``aligned_norm``, shared by every subject) is prefixed by the parent folder name:
+    ``sub-001/T1.nii.gz -> sub-001_T1``, ``OASIS_0001_0000.nii.gz -> OASIS_0001_0000``. Characters other than
+    letters, digits and ``._+-`` become ``_``.
+
+    Args:
+        filename: path of the image file.
+
+    Returns:
+        the identifier.
+    """
+    path = Path(str(filename))
+    name = path.name
+    for suffix in _IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+            break
+    parent = path.parent.name
+    if parent and not _SUBJECT_NUMBER.search(name):
+        name = f"{parent}_{name}"
+    return _UNSAFE.sub("_", name).strip("_") or "image"
+
+
+def pair_id_from_filenames(moving: str | os.PathLike, fixed: str | os.PathLike) -> str:
+    """``<moving>_to_<fixed>`` from the two file names, each shortened by :func:`file_stem`."""
+    return f"{file_stem(moving)}_to_{file_stem(fixed)}"
+
+
+def _dice(pred: torch.Tensor, target: torch.Tensor) -> list[float]:
+    """Dice of each channel of two ``(1, K, *S)`` binary maps; NaN for a structure absent from both."""
+    dims = tuple(range(2, pred.ndim))
+    p, t = pred > 0.5, target > 0.5
+    inter = (p & t).sum(dim=dims).double()
+    denom = p.sum(dim=dims).double() + t.sum(dim=dims).double()
+    dice = torch.where(denom > 0, 2.0 * inter / denom.clamp(min=1), torch.full_like(denom, float("nan")))
+    return [float(v) for v in dice[0]]
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    finite = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
+    return float(sum(finite) / len(finite)) if finite else float("nan")
+
+
+class RegistrationResultWriter:
+    """Save, for every pair an evaluator registers, the warped images, the fields, a figure and its metrics.
+
+    Attach it to an evaluator whose ``engine.state.output`` is the post-processed registration dict (batched, see
+    :class:`~svreg_monai.utils.RegistrationKeys`; a decollated list of dicts works too). On each
+    ``ITERATION_COMPLETED`` every sample is written into ``output_dir/<pair_id>/`` (see the module docstring);
+    on ``COMPLETED`` the table ``output_dir/<csv_name>`` is written with the columns
+    ``pair, moving, fixed, dice_<name>..., dice_mean, ndp, ndv, sd_log_j`` and a final ``mean`` row (the mean over
+    the pairs of each column, NaN skipped). ``STARTED`` clears the rows, so each evaluation run gets its own table.
+
+    Pair identifiers are ``<moving>_to_<fixed>`` built by :func:`file_stem` from the ``filename_or_obj``
+    metadata, with ``_2``, ``_3``, ... appended to a repeated identifier; without file names they are
+    ``pair_0000``, ``pair_0001``, ... in the order of the run.
+
+    The affine of a sample is the fixed image's: ``fixed.affine[b]`` of the :class:`~monai.data.MetaTensor`, else
+    the ``"affine"`` of ``fixed_meta_dict``; else, if ``spacing_key`` names a metadata entry with the voxel
+    spacing (e.g. ``"pixdim"`` or ``"spacing"``), the diagonal affine of that spacing; else the identity, with a
+    warning.
+
+    Metrics per pair:
+
+    - ``dice_<name>``: Dice of each structure of ``label_values`` (a label value, or a sequence of values merged
+      into one structure) between ``warped_label`` and ``fixed_label``; NaN when the structure is absent from both
+      or the labels are missing. Without ``label_values``, the channels of ``warped_label_onehot`` and
+      ``fixed_label_onehot`` are used when present (names ``label_names`` or ``class_<k>``), otherwise there are no
+      Dice columns. ``dice_mean`` is the mean over the structures, NaN skipped.
+    - ``ndp``, ``ndv`` (%), ``sd_log_j``: :func:`~svreg_monai.metrics.compute_jacobian_metrics` of the ``ddf``
+      (one-voxel border excluded); NaN without a ``ddf``.
+
+    In distributed evaluation each rank sees its own samples only: give each rank its own ``output_dir``.
+
+    Args:
+        output_dir: output folder, created if missing.
+        label_values: structures for the Dice columns (see above).
+        label_names: column names of the structures (``dice_<name>``); default ``label_<value>``.
+        save_figures: also save ``figure.png`` for each pair (needs matplotlib).
+        csv_name: file name of the metrics table inside ``output_dir``.
+        output_transform: maps ``engine.state.output``, completed with the batch entries it lacks (see
+            :func:`~svreg_monai.handlers._batch.engine_data`), to the registration dict (or list of dicts).
+        spacing_key: metadata key of the voxel spacing, used for the affine when the fixed image has none.
+        figure_kwargs: extra keyword arguments of :func:`~svreg_monai.visualize.registration_figure`.
+
+    Attributes:
+        rows: one dict per pair written in the current run, in the column order of the table.
+        summary: the ``mean`` row (empty before ``COMPLETED`` or when no pair was written).
+
+    Raises:
+        ValueError: when ``label_names`` does not match ``label_values`` in length.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        label_values: Sequence[int] | Sequence[Sequence[int]] | None = None,
+        label_names: Sequence[str] | None = None,
+        save_figures: bool = True,
+        csv_name: str = "metrics.csv",
+        output_transform: Callable[[Any], Any] = lambda x: x,
+        spacing_key: str | None = None,
+        figure_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if label_values is not None:
+            label_values = [v if isinstance(v, (int, np.integer)) else tuple(v) for v in label_values]
+            if not label_values:
+                raise ValueError("label_values must name at least one structure, got an empty sequence.")
+        if label_names is not None:
+            label_names = [str(n) for n in label_names]
+            if label_values is not None and len(label_names) != len(label_values):
+                raise ValueError(
+                    f"label_names must have one name per label_values entry ({len(label_values)}), "
+                    f"got {len(label_names)}: {label_names}."
+                )
+        if not csv_name or Path(csv_name).name != csv_name or not csv_name.endswith(".csv"):
+            raise ValueError(f"csv_name must be a file name ending with '.csv', got {csv_name!r}.")
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.label_values = label_values
+        self.label_names = label_names
+        self.save_figures = save_figures
+        self.csv_name = csv_name
+        self.output_transform = output_transform
+        self.spacing_key = spacing_key
+        self.figure_kwargs = dict(figure_kwargs or {})
+        self.rows: list[dict[str, Any]] = []
+        self.summary: dict[str, Any] = {}
+        self._dice_names: list[str] | None = self._names_for(len(label_values)) if label_values is not None else None
+        self._used_ids: set[str] = set()
+        self._warned_affine = False
+
+    def _names_for(self, count: int) -> list[str]:
+        if self.label_names is not None:
+            if len(self.label_names) != count:
+                raise ValueError(f"label_names has {len(self.label_names)} names for {count} one-hot channels.")
+            return list(self.label_names)
+        if self.label_values is None:
+            return [f"class_{k}" for k in range(count)]
+        names = []
+        for v in self.label_values:
+            names.append(f"label_{v}" if isinstance(v, (int, np.integer)) else "label_" + "+".join(str(i) for i in v))
+        return names
+
+    def attach(self, engine: Engine) -> None:
+        """Register :meth:`reset` on ``STARTED``, :meth:`__call__` on ``ITERATION_COMPLETED``, :meth:`write_summary`
+        on ``COMPLETED``."""
+        engine.add_event_handler(Events.STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, self.write_summary)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        """Forget the rows, the summary and the used pair identifiers of a previous run."""
+        self.rows = []
+        self.summary = {}
+        self._used_ids = set()
+        if self.label_values is None:
+            self._dice_names = None
+
+    def __call__(self, engine: Engine) -> None:
+        """Write every sample of the current ``engine.state.output``."""
+        self.write_output(self.output_transform(engine_data(engine)))
+
+    def write_output(self, output: Any) -> list[dict[str, Any]]:
+        """Write every sample of an output dict (or list of dicts) and return their metric rows."""
+        views = sample_views(output)
+        if not views:
+            logger.debug("RegistrationResultWriter: the output holds no sample; nothing written.")
+        return [self._write_sample(view) for view in views]
+
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def _pair_id(self, moving_name: str | None, fixed_name: str | None) -> str:
+        if moving_name and fixed_name:
+            base = pair_id_from_filenames(moving_name, fixed_name)
+        else:
+            base = f"pair_{len(self.rows):04d}"
+        pair_id, count = base, 1
+        while pair_id in self._used_ids:
+            count += 1
+            pair_id = f"{base}_{count}"
+        self._used_ids.add(pair_id)
+        return pair_id
+
+    def _affine(self, view: SampleView) -> np.ndarray:
+        affine = view.meta(RegistrationKeys.FIXED, "affine")
+        if affine is not None:
+            if isinstance(affine, torch.Tensor):
+                affine = affine.detach().cpu().numpy()
+            return np.asarray(affine, dtype=np.float64)
+        spatial_dims = None
+        fixed = view.get(RegistrationKeys.FIXED)
+        if fixed is not None:
+            spatial_dims = fixed.ndim - 1
+        if self.spacing_key is not None:
+            spacing = view.meta(RegistrationKeys.FIXED, self.spacing_key)
+            if spacing is not None:
+                spacing = np.asarray(
+                    spacing.detach().cpu().numpy() if isinstance(spacing, torch.Tensor) else spacing, dtype=np.float64
+                ).reshape(-1)
+                n = spatial_dims or min(len(spacing), 3)
+                if len(spacing) < n:
+                    raise ValueError(
+                        f"metadata {self.spacing_key!r} must hold {n} spacings, got {spacing.tolist()} "
+                        f"for {view.meta(RegistrationKeys.FIXED, 'filename_or_obj')!r}."
+                    )
+                return np.diag([*spacing[:n].tolist(), *([1.0] * (4 - n))])
+        if not self._warned_affine:
+            logger.warning(
+                "RegistrationResultWriter: the fixed image has no affine metadata%s; writing the identity affine.",
+                f" nor {self.spacing_key!r}" if self.spacing_key else "",
+            )
+            self._warned_affine = True
+        return np.eye(4)
+
+    def _dice_row(self, view: SampleView) -> dict[str, float]:
+        warped_label = view.get(RegistrationKeys.WARPED_LABEL)
+        fixed_label = view.get(RegistrationKeys.FIXED_LABEL)
+        warped_onehot = view.get(RegistrationKeys.WARPED_LABEL_ONEHOT)
+        fixed_onehot = view.get(RegistrationKeys.FIXED_LABEL_ONEHOT)
+        have_onehot = warped_onehot is not None and fixed_onehot is not None
+        values: list[float] | None = None
+        if self.label_values is not None:
+            if warped_label is not None and fixed_label is not None:
+                pred = labels_to_onehot(warped_label[None].round().long(), self.label_values)
+                target = labels_to_onehot(fixed_label[None].round().long(), self.label_values)
+                values = _dice(pred, target)
+            elif have_onehot and warped_onehot.shape[0] == len(self.label_values):
+                values = _dice(warped_onehot[None], fixed_onehot[None])
+            else:
+                values = [float("nan")] * len(self.label_values)
+        elif have_onehot:
+            if self._dice_names is None:
+                self._dice_names = self._names_for(warped_onehot.shape[0])
+            if warped_onehot.shape[0] != len(self._dice_names):
+                raise ValueError(
+                    f"warped_label_onehot has {warped_onehot.shape[0]} channels, but earlier samples had "
+                    f"{len(self._dice_names)}."
+                )
+            values = _dice(warped_onehot[None], fixed_onehot[None])
+        if self._dice_names is None:
+            return {}
+        if values is None:
+            values = [float("nan")] * len(self._dice_names)
+        row = {f"dice_{name}": v for name, v in zip(self._dice_names, values)}
+        row["dice_mean"] = _nanmean(values)
+        return row
+
+    def _write_sample(self, view: SampleView) -> dict[str, Any]:
+        moving_name = view.meta(RegistrationKeys.MOVING, "filename_or_obj")
+        fixed_name = view.meta(RegistrationKeys.FIXED, "filename_or_obj")
+        moving_name = str(moving_name) if isinstance(moving_name, (str, os.PathLike)) else None
+        fixed_name = str(fixed_name) if isinstance(fixed_name, (str, os.PathLike)) else None
+        pair_id = self._pair_id(moving_name, fixed_name)
+        pair_dir = self.output_dir / pair_id
+        pair_dir.mkdir(parents=True, exist_ok=True)
+        affine = self._affine(view)
+
+        fixed = view.get(RegistrationKeys.FIXED)
+        moving = view.get(RegistrationKeys.MOVING)
+        warped = view.get(RegistrationKeys.WARPED)
+        warped_label = view.get(RegistrationKeys.WARPED_LABEL)
+        weight = view.get(RegistrationKeys.WEIGHT)
+        ddf = view.get(RegistrationKeys.DDF)
+
+        if warped is not None:
+            save_nifti(warped, affine, pair_dir / "warped.nii.gz", dtype=np.float32, vector=False)
+        if warped_label is not None:
+            lab = warped_label.round().long()
+            fits = lab.numel() == 0 or (int(lab.min()) >= -(2**15) and int(lab.max()) < 2**15)
+            save_nifti(lab, affine, pair_dir / "warped_label.nii.gz", dtype=np.int16 if fits else np.int32)
+        if weight is not None:
+            save_nifti(weight, affine, pair_dir / "weight.nii.gz", dtype=np.float32)
+
+        row: dict[str, Any] = {"pair": pair_id, "moving": moving_name or "", "fixed": fixed_name or ""}
+        row.update(self._dice_row(view))
+        ndp = ndv = sd = float("nan")
+        if ddf is not None:
+            save_nifti(ddf, affine, pair_dir / "ddf.nii.gz", dtype=np.float32)
+            save_nifti(jacobian_determinant(ddf[None])[0], affine, pair_dir / "jacobian_det.nii.gz", dtype=np.float32)
+            ndp, ndv, sd = (float(v) for v in compute_jacobian_metrics(ddf[None])[0])
+        row.update({"ndp": ndp, "ndv": ndv, "sd_log_j": sd})
+
+        if self.save_figures:
+            if fixed is not None and moving is not None and warped is not None:
+                registration_figure(
+                    fixed, moving, warped, weight, ddf, pair_dir / "figure.png", title=pair_id, **self.figure_kwargs
+                )
+            else:
+                logger.debug("RegistrationResultWriter: %s lacks fixed/moving/warped; no figure.", pair_id)
+        self.rows.append(row)
+        return row
+
+    def write_summary(self, engine: Engine | None = None) -> Path:
+        """Compute the ``mean`` row and write the metrics table (all rows of the run, then ``mean``).
+
+        Returns:
+            the path of the table.
+        """
+        fieldnames = list(dict.fromkeys(["pair", "moving", "fixed"] + [k for row in self.rows for k in row]))
+        if not self.rows:
+            logger.warning("RegistrationResultWriter: no pair was written; %s has a header only.", self.csv_name)
+            self.summary = {}
+            return write_csv(self.output_dir / self.csv_name, [], fieldnames)
+        summary: dict[str, Any] = {"pair": "mean", "moving": "", "fixed": ""}
+        for key in fieldnames[3:]:
+            summary[key] = _nanmean([row.get(key, float("nan")) for row in self.rows])
+        self.summary = summary
+        return write_csv(self.output_dir / self.csv_name, [*self.rows, summary], fieldnames)
