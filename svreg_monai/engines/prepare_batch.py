@@ -44,6 +44,8 @@ class RegistrationPrepareBatch(PrepareBatch):
             ``{"lambda_max": (B,), "prior_param": (B,)}``; they are added to ``targets``.
         hyper_key: batch/targets key of the codes.
         check_finite: raise a ``ValueError`` naming the file when an image holds NaN or Inf.
+        network_kwargs: keyword arguments passed to every network call, e.g. ``{"extrapolate": True}`` for
+            :class:`~svreg_monai.networks.nets.HyperTransMorphTVFSPR` codes outside the trained range.
     """
 
     def __init__(
@@ -55,7 +57,10 @@ class RegistrationPrepareBatch(PrepareBatch):
         hyper_to_loss: Callable[[torch.Tensor], Mapping[str, torch.Tensor]] | None = None,
         hyper_key: str = RegistrationKeys.HYPER,
         check_finite: bool = True,
+        network_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
+        if network_kwargs is not None and not isinstance(network_kwargs, Mapping):
+            raise ValueError(f"network_kwargs must be a mapping or None, got {network_kwargs!r}.")
         self.moving_key = moving_key
         self.fixed_key = fixed_key
         self.label_keys = tuple(label_keys)
@@ -63,6 +68,7 @@ class RegistrationPrepareBatch(PrepareBatch):
         self.hyper_to_loss = hyper_to_loss
         self.hyper_key = hyper_key
         self.check_finite = check_finite
+        self.network_kwargs = dict(network_kwargs or {})
 
     def _image(self, batchdata: Mapping[str, Any], key: str, device: Any, non_blocking: bool, **kwargs: Any):
         if key not in batchdata:
@@ -109,4 +115,4 @@ class RegistrationPrepareBatch(PrepareBatch):
             args = (fixed, hyper)
             if self.hyper_to_loss is not None:
                 targets.update(self.hyper_to_loss(hyper))
-        return moving, targets, args, {}
+        return moving, targets, args, dict(self.network_kwargs)

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from svreg_monai.handlers._batch import SampleView, engine_data, sample_views
@@ -130,7 +131,11 @@ class RegistrationResultWriter:
     - ``ndp``, ``ndv`` (%), ``sd_log_j``: :func:`~svreg_monai.metrics.compute_jacobian_metrics` of the ``ddf``
       (one-voxel border excluded); NaN without a ``ddf``.
 
-    In distributed evaluation each rank sees its own samples only: give each rank its own ``output_dir``.
+    In distributed evaluation (``torch.distributed`` initialised with more than one process) every rank writes the
+    folders of its own pairs, and with ``gather`` (default) ``COMPLETED`` gathers the rows of all ranks (rank 0's
+    first), every rank computes the same summary and rank 0 alone writes the table. Gathering is a collective
+    operation: attach the writer on every rank (or set ``gather=False`` and give each rank its own ``output_dir``
+    or ``csv_name``). Pair identifiers are made unique within a rank only.
 
     Args:
         output_dir: output folder, created if missing.
@@ -142,9 +147,10 @@ class RegistrationResultWriter:
             :func:`~svreg_monai.handlers._batch.engine_data`), to the registration dict (or list of dicts).
         spacing_key: metadata key of the voxel spacing, used for the affine when the fixed image has none.
         figure_kwargs: extra keyword arguments of :func:`~svreg_monai.visualize.registration_figure`.
+        gather: in a distributed run, gather the rows of all ranks into one table written by rank 0 (see above).
 
     Attributes:
-        rows: one dict per pair written in the current run, in the column order of the table.
+        rows: one dict per pair written in the current run by this process, in the column order of the table.
         summary: the ``mean`` row (empty before ``COMPLETED`` or when no pair was written).
 
     Raises:
@@ -161,6 +167,7 @@ class RegistrationResultWriter:
         output_transform: Callable[[Any], Any] = lambda x: x,
         spacing_key: str | None = None,
         figure_kwargs: dict[str, Any] | None = None,
+        gather: bool = True,
     ) -> None:
         if label_values is not None:
             label_values = [v if isinstance(v, (int, np.integer)) else tuple(v) for v in label_values]
@@ -184,6 +191,7 @@ class RegistrationResultWriter:
         self.output_transform = output_transform
         self.spacing_key = spacing_key
         self.figure_kwargs = dict(figure_kwargs or {})
+        self.gather = bool(gather)
         self.rows: list[dict[str, Any]] = []
         self.summary: dict[str, Any] = {}
         self._dice_names: list[str] | None = self._names_for(len(label_values)) if label_values is not None else None
@@ -351,19 +359,33 @@ class RegistrationResultWriter:
         self.rows.append(row)
         return row
 
-    def write_summary(self, engine: Engine | None = None) -> Path:
+    def _table_rows(self) -> tuple[list[dict[str, Any]], bool]:
+        """The rows of the table and whether this process writes it (see the distributed note of the class)."""
+        if not (self.gather and dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self.rows, True
+        parts: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, self.rows)
+        return [row for part in parts for row in (part or [])], dist.get_rank() == 0
+
+    def write_summary(self, engine: Engine | None = None) -> Path | None:
         """Compute the ``mean`` row and write the metrics table (all rows of the run, then ``mean``).
 
         Returns:
-            the path of the table.
+            the path of the table; ``None`` on the ranks other than 0 of a gathered distributed run, which write
+            nothing.
         """
-        fieldnames = list(dict.fromkeys(["pair", "moving", "fixed"] + [k for row in self.rows for k in row]))
-        if not self.rows:
+        rows, write = self._table_rows()
+        path = self.output_dir / self.csv_name
+        fieldnames = list(dict.fromkeys(["pair", "moving", "fixed"] + [k for row in rows for k in row]))
+        self.summary = {}
+        if rows:
+            summary: dict[str, Any] = {"pair": "mean", "moving": "", "fixed": ""}
+            for key in fieldnames[3:]:
+                summary[key] = _nanmean([row.get(key, float("nan")) for row in rows])
+            self.summary = summary
+        if not write:
+            return None
+        if not rows:
             logger.warning("RegistrationResultWriter: no pair was written; %s has a header only.", self.csv_name)
-            self.summary = {}
-            return write_csv(self.output_dir / self.csv_name, [], fieldnames)
-        summary: dict[str, Any] = {"pair": "mean", "moving": "", "fixed": ""}
-        for key in fieldnames[3:]:
-            summary[key] = _nanmean([row.get(key, float("nan")) for row in self.rows])
-        self.summary = summary
-        return write_csv(self.output_dir / self.csv_name, [*self.rows, summary], fieldnames)
+            return write_csv(path, [], fieldnames)
+        return write_csv(path, [*rows, self.summary], fieldnames)

@@ -12,11 +12,12 @@
 
 from __future__ import annotations
 
-from .io import atomic_path, atomic_write, save_nifti, write_csv
+from .io import atomic_path, atomic_write, save_nifti, write_csv, write_json
 from .keys import RegistrationKeys
 from .validation import (
     check_ddf,
     check_finite,
+    check_flag,
     check_per_sample_value,
     check_same_device,
     check_spatial_dims,
@@ -30,6 +31,7 @@ __all__ = [
     "atomic_write",
     "check_ddf",
     "check_finite",
+    "check_flag",
     "check_per_sample_value",
     "check_same_device",
     "check_spatial_dims",
@@ -37,4 +39,5 @@ __all__ = [
     "check_weight_map",
     "save_nifti",
     "write_csv",
+    "write_json",
 ]

@@ -8,7 +8,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Atomic file output: a generic writer, NIfTI images and vector fields, and CSV tables.
+"""Atomic file output: a generic writer, NIfTI images and vector fields, CSV tables and JSON documents.
 
 Every function here writes to a temporary file in the destination's directory, flushes it to disk and renames it
 over the destination with :func:`os.replace`, which is atomic on POSIX and Windows. An interrupted run therefore
@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
+import math
 import os
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
@@ -37,7 +39,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-__all__ = ["atomic_path", "atomic_write", "save_nifti", "write_csv"]
+__all__ = ["atomic_path", "atomic_write", "save_nifti", "write_csv", "write_json"]
 
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
 
@@ -304,3 +306,45 @@ def _csv_value(value: Any) -> Any:
     if isinstance(value, float):
         return repr(value)
     return value
+
+
+def _json_value(value: Any) -> Any:
+    """JSON-compatible form of tensors, numpy values, paths and non-finite floats (written as ``null``)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().tolist() if value.numel() != 1 else value.item()
+    elif isinstance(value, (np.ndarray, np.generic)):
+        value = value.tolist()
+    elif isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def write_json(path: str | os.PathLike, content: Mapping[str, Any], indent: int = 4) -> Path:
+    """Write ``content`` as a JSON document, atomically.
+
+    Tensors and numpy arrays become (nested) lists, their scalars numbers, paths strings; NaN and infinities are
+    written as ``null`` so that the file is strict JSON (readable by MONAI's config parser as a config layer).
+
+    Args:
+        path: destination file. Its directory must exist.
+        content: the document, a mapping.
+        indent: indentation of the JSON text.
+
+    Returns:
+        the written path.
+
+    Raises:
+        ValueError: when ``content`` is not a mapping.
+    """
+    if not isinstance(content, Mapping):
+        raise ValueError(f"content must be a mapping (a JSON object), got {type(content).__name__}.")
+    text = json.dumps(_json_value(content), indent=indent, allow_nan=False)
+    with atomic_write(path, "w") as f:
+        f.write(text + "\n")
+    return Path(path)

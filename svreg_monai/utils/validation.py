@@ -29,9 +29,33 @@ __all__ = [
     "check_weight_map",
     "check_same_device",
     "check_per_sample_value",
+    "check_flag",
 ]
 
 SUPPORTED_SPATIAL_DIMS = (2, 3)
+
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def check_flag(value: object, name: str) -> bool:
+    """Return a boolean option as ``bool``, accepting the strings a command line gives.
+
+    ``True``/``False``, ``0``/``1`` and the strings ``true/false``, ``yes/no``, ``on/off``, ``1/0`` (any case) are
+    accepted: ``python -m monai.bundle run ... --hyper#extrapolate true`` passes the string ``"true"``, and the
+    string ``"false"`` must not count as true.
+
+    Raises:
+        ValueError: for any other value, naming ``name`` and the value.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"{name} must be true or false, got {value!r}.")
 
 
 def check_spatial_dims(spatial_dims: int, supported: Sequence[int] = SUPPORTED_SPATIAL_DIMS) -> int:

@@ -22,7 +22,7 @@ import pytest
 import torch
 from parameterized import parameterized
 
-from svreg_monai.utils import atomic_path, atomic_write, save_nifti, write_csv
+from svreg_monai.utils import atomic_path, atomic_write, save_nifti, write_csv, write_json
 
 
 def _affine3d() -> np.ndarray:
@@ -200,3 +200,20 @@ def test_write_csv_errors_and_atomicity(tmp_path):
         write_csv(target, [{"a": 1}], ["a"])
     assert target.read_text() == "old"
     assert _listing(tmp_path) == ["m.csv"]
+
+
+def test_write_json_converts_tensors_numpy_paths_and_nan(tmp_path):
+    import json
+
+    path = write_json(
+        tmp_path / "doc.json",
+        {"t": torch.tensor([1.0, 2.0]), "s": torch.tensor(3), "a": np.arange(2), "n": np.float32(0.5),
+         "p": tmp_path / "x", "nan": float("nan"), "nested": {"inf": [math.inf, 1]}},
+    )  # fmt: skip
+    assert json.loads(path.read_text()) == {
+        "t": [1.0, 2.0], "s": 3, "a": [0, 1], "n": 0.5, "p": str(tmp_path / "x"), "nan": None,
+        "nested": {"inf": [None, 1]},
+    }  # fmt: skip
+    assert _listing(tmp_path) == ["doc.json"]
+    with pytest.raises(ValueError, match="mapping"):
+        write_json(tmp_path / "bad.json", [1, 2])

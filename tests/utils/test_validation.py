@@ -10,12 +10,15 @@
 # limitations under the License.
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 from svreg_monai.utils import (
     check_ddf,
     check_finite,
+    check_flag,
     check_per_sample_value,
     check_spatial_dims,
     check_tensor,
@@ -57,3 +60,18 @@ def test_per_sample_value_broadcasts_and_checks():
         check_per_sample_value(0.5, "a", 3, ref, minimum=1.0)
     with pytest.raises(ValueError, match="finite"):
         check_per_sample_value(float("nan"), "a", 3, ref)
+
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [(True, True), (False, False), (1, True), (0, False), ("true", True), ("False", False), (" yes ", True),
+     ("off", False), ("1", True), ("0", False)],
+)  # fmt: skip
+def test_check_flag_accepts_bools_and_command_line_strings(value, expected):
+    assert check_flag(value, "flag") is expected
+
+
+@pytest.mark.parametrize("value", ["maybe", 2, None, 0.5, [True]])
+def test_check_flag_rejects_other_values_naming_them(value):
+    with pytest.raises(ValueError, match=rf"hyper#extrapolate must be true or false, got {re.escape(repr(value))}"):
+        check_flag(value, "hyper#extrapolate")

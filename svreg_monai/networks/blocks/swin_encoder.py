@@ -32,7 +32,6 @@ Tensors inside the encoder are channel-last, ``(B, *S, C)``; the encoder's input
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 import torch
@@ -147,10 +146,18 @@ def shifted_window_mask(
     Returns:
         ``(num_windows, N, N)`` float mask, ``N = prod(window_size)``.
     """
-    img_mask = torch.zeros([1, *padded_size, 1], device=device)
-    axis_slices = [(slice(0, -w), slice(-w, -s), slice(-s, None)) for w, s in zip(window_size, shift_size)]
-    for label, region in enumerate(itertools.product(*axis_slices)):
-        img_mask[(slice(None), *region, slice(None))] = float(label)
+    # region of each index along an axis: 0 before the last window, 1 in it before the shift, 2 in the shift; the
+    # label of a voxel numbers its regions in row-major order. Built from comparisons rather than by assigning into
+    # slices, so that traces and ONNX exports follow the map size (no in-place writes, no empty slices).
+    n = len(window_size)
+    labels_nd: torch.Tensor | None = None
+    for axis, (size, w, s) in enumerate(zip(padded_size, window_size, shift_size)):
+        index = torch.arange(size, device=device)
+        region = (index >= size - w).long() + (index >= size - s).long()
+        region = region.view([-1 if i == axis else 1 for i in range(n)])
+        labels_nd = region if labels_nd is None else labels_nd * 3 + region
+    assert labels_nd is not None
+    img_mask = labels_nd.expand(list(padded_size)).unsqueeze(0).unsqueeze(-1).float()
     labels = window_partition(img_mask, window_size).squeeze(-1)  # (nW, N)
     diff = labels.unsqueeze(1) - labels.unsqueeze(2)
     return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
@@ -277,19 +284,22 @@ class SwinBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         n = len(self.window_size)
-        spatial = x.shape[1:-1]
+        # an ONNX export is static-shaped: the TorchScript-based exporter loses the channel sizes behind
+        # size-dependent pads and slices, and the decoder's instance norms cannot be exported without them
+        onnx_export = torch.onnx.is_in_onnx_export()
+        spatial = [int(s) for s in x.shape[1:-1]] if onnx_export else x.shape[1:-1]
         shortcut = x
         x = self.norm1(x)
         pads = [(w - s % w) % w for s, w in zip(spatial, self.window_size)]
-        # while tracing, always take the padding path (pads may be 0) so that the trace also holds for input sizes
-        # that need padding
-        padded = torch.jit.is_tracing() or any(p > 0 for p in pads)
+        # while tracing (not exporting to ONNX), always take the padding path (pads may be 0) so that the trace also
+        # holds for input sizes that need padding
+        padded = (torch.jit.is_tracing() and not onnx_export) or any(p > 0 for p in pads)
         if padded:
             pad_arg: list = [0, 0]
             for p in reversed(pads):
                 pad_arg += [0, p]
             x = F.pad(x, pad_arg)
-        padded_size = x.shape[1:-1]
+        padded_size = [s + p for s, p in zip(spatial, pads)] if onnx_export else x.shape[1:-1]
         dims = list(range(1, n + 1))
         if self.shifted:
             x = torch.roll(x, shifts=[-s for s in self.shift_size], dims=dims)
@@ -391,7 +401,8 @@ class SwinStage(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         mask = None
         if any(blk.shifted for blk in self.blocks):
-            padded = [(s + w - 1) // w * w for s, w in zip(x.shape[1:-1], self.window_size)]
+            size = [int(s) for s in x.shape[1:-1]] if torch.onnx.is_in_onnx_export() else x.shape[1:-1]
+            padded = [(s + w - 1) // w * w for s, w in zip(size, self.window_size)]
             mask = shifted_window_mask(padded, self.window_size, self.shift_size, device=x.device).to(x.dtype)
         for blk in self.blocks:
             if self.use_checkpoint and torch.is_grad_enabled():
@@ -499,11 +510,13 @@ class SwinEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         check_tensor(x, "x", ndim=self.spatial_dims + 2)
         x = self.patch_embed(x)
-        x = self.pos_drop(x.movedim(1, -1))
+        # non-negative dims: the TorchScript-based ONNX exporter writes a negative movedim dim into the Transpose
+        # permutation, which ONNX Runtime rejects
+        x = self.pos_drop(x.movedim(1, x.ndim - 1))
         outs = []
         for layer, norm in zip(self.layers, self.norms):
             out, down = layer(x)
-            outs.append(norm(out).movedim(-1, 1).contiguous())
+            outs.append(norm(out).movedim(out.ndim - 1, 1).contiguous())
             if down is not None:
                 x = down
         return outs

@@ -1,0 +1,447 @@
+# Copyright (c) svreg-monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Hyperparameter codes of hyper-conditioned networks: per-iteration samplers and the code -> loss mapping.
+
+A hyper-conditioned network (:class:`~svreg_monai.networks.nets.HyperTransMorphTVFSPR`) is trained for a continuum
+of regularisation settings. Each training iteration draws codes ``(b, r) ~ U[0, 1]^2`` per sample
+(:class:`UniformHyperSampler`), feeds them to the network and maps them to the loss hyperparameters
+(:class:`ReferenceHyperMapping`): the prior parameter (the Beta prior's ``alpha = 1 + 0.2 b`` in the reference, or
+the Gaussian prior's ``1 / sigma^2`` over a configurable range) and ``lambda_max = 5 r``. Evaluation and inference
+use fixed codes (:class:`FixedHyperSampler`), given directly or converted from ``alpha`` and ``lambda_max``
+(:meth:`ReferenceHyperMapping.resolve`, range-checked).
+
+Both samplers follow the ``hyper_sampler(batch_size, device) -> (B, H)`` protocol and the mapping the
+``hyper_to_loss(codes) -> {"lambda_max": (B,), "prior_param": (B,)}`` protocol of
+:class:`~svreg_monai.engines.RegistrationPrepareBatch`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from svreg_monai.networks.nets.hyper_transmorph_spr import (
+    DEFAULT_ALPHA_RANGE,
+    DEFAULT_LAMBDA_RANGE,
+    codes_to_hyperparameters,
+)
+from svreg_monai.utils.io import write_json
+from svreg_monai.utils.validation import check_flag
+
+__all__ = [
+    "DEFAULT_INV_SIGMA2_RANGE",
+    "FixedHyperSampler",
+    "PRIOR_PARAMETER_NAMES",
+    "ReferenceHyperMapping",
+    "UniformHyperSampler",
+    "hyper_setting_name",
+    "save_hyper_setting",
+    "values_to_codes",
+]
+
+DEFAULT_INV_SIGMA2_RANGE = (0.0, 2.0)
+"""Gaussian-prior ``1 / sigma^2`` for codes 0 and 1 (the bundle's fixed default, 1.0, is the middle)."""
+
+PRIOR_PARAMETER_NAMES = {"beta": "alpha", "gaussian": "inv_sigma2"}
+"""Name of the prior parameter set by the first code, per prior (also the config id of the fixed-value bundle)."""
+
+# rounding tolerance of the inverse mapping (a float32 value at the end of a range may map just outside [0, 1])
+_CODE_TOLERANCE = 1e-5
+_HYPER_KEYS = ("codes", "alpha", "inv_sigma2", "lambda_max", "extrapolate")
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}.")
+    return float(value)
+
+
+def _range(values: Sequence[float], name: str) -> tuple[float, float]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != 2:
+        raise ValueError(f"{name} must be (low, high), got {values!r}.")
+    lo, hi = (_number(v, name) for v in values)
+    if not lo < hi:
+        raise ValueError(f"{name} must be (low, high) with low < high, got {tuple(values)!r}.")
+    return lo, hi
+
+
+def _code_row(codes: Any, name: str, num_hyper: int | None = None) -> torch.Tensor:
+    """``(H,)`` float64 tensor of finite codes from a sequence, an ``(H,)`` or a ``(1, H)`` tensor."""
+    try:
+        t = torch.as_tensor(codes, dtype=torch.float64).detach().cpu()
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{name} must be a sequence of numbers, got {codes!r}.") from e
+    if t.ndim == 2 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim != 1 or t.numel() == 0:
+        raise ValueError(f"{name} must be one row of codes, shape (H,) or (1, H), got shape {tuple(t.shape)}.")
+    if num_hyper is not None and t.numel() != num_hyper:
+        raise ValueError(f"{name} must hold {num_hyper} codes, got {t.tolist()}.")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite, got {t.tolist()}.")
+    return t
+
+
+def _range_error(name: str, lo: float, hi: float, shown: Any) -> ValueError:
+    return ValueError(
+        f"{name} must lie in the range the network was trained on, [{lo:g}, {hi:g}], got {shown}; "
+        "pass extrapolate=True (config: hyper#extrapolate) to use values outside it."
+    )
+
+
+def _value_to_code(value: float, lo: float, hi: float, name: str, extrapolate: bool) -> float:
+    """Code of one value of a ``[lo, hi]`` range (clamped within the rounding tolerance unless extrapolating)."""
+    code = (value - lo) / (hi - lo)
+    if extrapolate:
+        return code
+    if not -_CODE_TOLERANCE <= code <= 1 + _CODE_TOLERANCE:
+        raise _range_error(name, lo, hi, value)
+    return min(max(code, 0.0), 1.0)
+
+
+def values_to_codes(
+    prior_param: float | torch.Tensor,
+    lambda_max: float | torch.Tensor,
+    prior_range: Sequence[float],
+    lambda_range: Sequence[float],
+    extrapolate: bool = False,
+    prior_name: str = "alpha",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Inverse of the linear code mapping: code 0 -> ``low``, code 1 -> ``high`` of each range.
+
+    Args:
+        prior_param: prior parameter (``alpha`` or ``inv_sigma2``), a number or a ``(B,)`` tensor.
+        lambda_max: regularisation scale, a number or a ``(B,)`` tensor (broadcast against ``prior_param``).
+        prior_range: prior parameter at codes 0 and 1.
+        lambda_range: ``lambda_max`` at codes 0 and 1.
+        extrapolate: accept values outside the ranges (codes outside ``[0, 1]``, where the network was not trained).
+        prior_name: name of the prior parameter in error messages.
+        dtype: dtype of the result (computed in float64).
+
+    Returns:
+        ``(B, 2)`` codes ``(b, r)`` (``B = 1`` for numbers).
+
+    Raises:
+        ValueError: for a value outside its range (unless ``extrapolate``), naming the value and the range; codes
+            within ``1e-5`` of ``[0, 1]`` (rounding at the ends of a range) are clamped into it.
+    """
+    ranges = (
+        (prior_name, _range(prior_range, f"{prior_name}_range")),
+        ("lambda_max", _range(lambda_range, "lambda_range")),
+    )
+    columns = []
+    for value, (name, (lo, hi)) in zip((prior_param, lambda_max), ranges):
+        if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
+            raise ValueError(f"{name} must be a number or a (B,) tensor, got {value!r}.")
+        t = torch.as_tensor(value, dtype=torch.float64).reshape(-1)
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} must be finite, got {t.tolist()}.")
+        code = (t - lo) / (hi - lo)
+        if not extrapolate and bool(((code < -_CODE_TOLERANCE) | (code > 1 + _CODE_TOLERANCE)).any()):
+            raise _range_error(name, lo, hi, t.tolist() if t.numel() > 1 else t.item())
+        columns.append(code if extrapolate else code.clamp(0.0, 1.0))
+    b, r = torch.broadcast_tensors(*columns)
+    return torch.stack((b, r), dim=1).to(dtype)
+
+
+def hyper_setting_name(prior_name: str, prior_param: float, lambda_max: float) -> str:
+    """File-system friendly name of a setting, e.g. ``hyper_alpha=1.1_lambda_max=2`` (4 significant digits)."""
+    return f"hyper_{prior_name}={float(prior_param):.4g}_lambda_max={float(lambda_max):.4g}"
+
+
+class UniformHyperSampler:
+    """Draw hyperparameter codes uniformly and independently per sample: ``codes[i, h] ~ U[low_h, high_h]``.
+
+    Used as the ``hyper_sampler`` of :class:`~svreg_monai.engines.RegistrationPrepareBatch` in hyper training, so
+    that every iteration (and every sample of a batch) sees a new regularisation setting.
+
+    Args:
+        num_hyper: number ``H`` of codes per sample.
+        low: lower bound, one number or ``H`` numbers.
+        high: upper bound, one number or ``H`` numbers (each ``> low``).
+        seed: seed of the sampler's own ``torch.Generator``, so that the code sequence does not depend on other
+            users of the global random state; its state is saved and restored with :meth:`state_dict` (e.g. by
+            :class:`~svreg_monai.handlers.TrainingCheckpoint`). ``None`` draws from the global torch generator
+            (seeded by ``monai.utils.set_determinism``).
+
+    Raises:
+        ValueError: for ``num_hyper < 1``, bounds of the wrong length, or ``low >= high``.
+    """
+
+    def __init__(
+        self,
+        num_hyper: int = 2,
+        low: float | Sequence[float] = 0.0,
+        high: float | Sequence[float] = 1.0,
+        seed: int | None = None,
+    ) -> None:
+        if isinstance(num_hyper, bool) or not isinstance(num_hyper, int) or num_hyper < 1:
+            raise ValueError(f"num_hyper must be a positive integer, got {num_hyper!r}.")
+        self.num_hyper = num_hyper
+        self.low = self._bounds(low, "low").float()
+        self.high = self._bounds(high, "high").float()
+        if not bool((self.low < self.high).all()):
+            raise ValueError(
+                f"low must be < high for every code, got low={self.low.tolist()}, high={self.high.tolist()}."
+            )
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed must be an integer or None, got {seed!r}.")
+        self.seed = seed
+        self.generator: torch.Generator | None = None
+        if seed is not None:
+            self.generator = torch.Generator()
+            self.generator.manual_seed(seed)
+
+    def _bounds(self, value: float | Sequence[float], name: str) -> torch.Tensor:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return torch.full((self.num_hyper,), _number(value, name))
+        return _code_row(value, name, self.num_hyper)
+
+    def __call__(self, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """Return ``(batch_size, H)`` float32 codes on ``device``."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        u = torch.rand(batch_size, self.num_hyper, generator=self.generator)
+        return (self.low + (self.high - self.low) * u).to(device=device)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generator state (empty without a seed, when the global generator is used)."""
+        return {} if self.generator is None else {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore the generator state saved by :meth:`state_dict`."""
+        if self.generator is not None and "generator" in state_dict:
+            self.generator.set_state(torch.as_tensor(state_dict["generator"], dtype=torch.uint8).cpu())
+
+    def __repr__(self) -> str:
+        return f"UniformHyperSampler(num_hyper={self.num_hyper}, low={self.low.tolist()}, high={self.high.tolist()})"
+
+
+class FixedHyperSampler:
+    """Return the same codes for every sample: ``codes`` repeated ``batch_size`` times.
+
+    Used for validation at a fixed setting, inference at a chosen setting, and grid searches (which change
+    :attr:`codes` between evaluation runs).
+
+    Args:
+        codes: one row of ``H`` codes, a sequence or an ``(H,)`` / ``(1, H)`` tensor.
+
+    Raises:
+        ValueError: for codes of another shape or non-finite codes.
+    """
+
+    def __init__(self, codes: Sequence[float] | torch.Tensor) -> None:
+        self._codes = _code_row(codes, "codes")
+
+    @property
+    def codes(self) -> torch.Tensor:
+        """The ``(H,)`` codes."""
+        return self._codes
+
+    @codes.setter
+    def codes(self, codes: Sequence[float] | torch.Tensor) -> None:
+        self._codes = _code_row(codes, "codes", self._codes.numel())
+
+    def __call__(self, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """Return ``(batch_size, H)`` float32 codes on ``device``."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        return self._codes.expand(batch_size, -1).to(device=device, dtype=torch.float32)
+
+    def __repr__(self) -> str:
+        return f"FixedHyperSampler(codes={self._codes.tolist()})"
+
+
+class ReferenceHyperMapping:
+    """Map codes ``(b, r)`` to the loss hyperparameters linearly, as the reference: code 0 -> low, 1 -> high.
+
+    - Beta prior: ``alpha = alpha_range[0] + (alpha_range[1] - alpha_range[0]) * b`` (reference ``1 + 0.2 b``);
+    - Gaussian prior: ``inv_sigma2`` over ``inv_sigma2_range`` in the same way;
+    - both: ``lambda_max = lambda_range[0] + (lambda_range[1] - lambda_range[0]) * r`` (reference ``5 r``).
+
+    Calling the mapping gives ``{"lambda_max": (B,), "prior_param": (B,)}``, the per-sample overrides that
+    :class:`~svreg_monai.losses.RegistrationLoss` reads from the targets (the ``hyper_to_loss`` of
+    :class:`~svreg_monai.engines.RegistrationPrepareBatch`). The ranges must be those the network was built with
+    (:class:`~svreg_monai.networks.nets.HyperTransMorphTVFSPR`'s ``alpha_range`` / ``lambda_range``).
+
+    Args:
+        prior: ``"beta"`` or ``"gaussian"``.
+        alpha_range: Beta-prior ``alpha`` at codes 0 and 1.
+        lambda_range: ``lambda_max`` at codes 0 and 1.
+        inv_sigma2_range: Gaussian-prior ``1 / sigma^2`` at codes 0 and 1.
+        extrapolate: accept codes outside ``[0, 1]`` when called (training codes always lie inside).
+
+    Raises:
+        ValueError: for an unknown prior or a range with ``low >= high``.
+    """
+
+    def __init__(
+        self,
+        prior: str = "beta",
+        alpha_range: Sequence[float] = DEFAULT_ALPHA_RANGE,
+        lambda_range: Sequence[float] = DEFAULT_LAMBDA_RANGE,
+        inv_sigma2_range: Sequence[float] = DEFAULT_INV_SIGMA2_RANGE,
+        extrapolate: bool = False,
+    ) -> None:
+        if prior not in PRIOR_PARAMETER_NAMES:
+            raise ValueError(f"prior must be one of {sorted(PRIOR_PARAMETER_NAMES)}, got {prior!r}.")
+        self.prior = prior
+        self.alpha_range = _range(alpha_range, "alpha_range")
+        self.lambda_range = _range(lambda_range, "lambda_range")
+        self.inv_sigma2_range = _range(inv_sigma2_range, "inv_sigma2_range")
+        if self.alpha_range[0] < 1.0:
+            raise ValueError(f"alpha_range must lie in [1, inf) (alpha >= 1), got {self.alpha_range}.")
+        if self.lambda_range[0] < 0.0 or self.inv_sigma2_range[0] < 0.0:
+            raise ValueError(
+                f"lambda_range and inv_sigma2_range must be non-negative, got {self.lambda_range} and "
+                f"{self.inv_sigma2_range}."
+            )
+        self.extrapolate = bool(extrapolate)
+
+    @property
+    def prior_name(self) -> str:
+        """``"alpha"`` (Beta prior) or ``"inv_sigma2"`` (Gaussian prior)."""
+        return PRIOR_PARAMETER_NAMES[self.prior]
+
+    @property
+    def prior_range(self) -> tuple[float, float]:
+        """Range of the prior parameter."""
+        return self.alpha_range if self.prior == "beta" else self.inv_sigma2_range
+
+    def hyperparameters(
+        self, codes: torch.Tensor | Sequence[float], extrapolate: bool | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``(B, 2)`` (or ``(2,)``) codes -> ``{prior_name: (B,), "lambda_max": (B,)}``.
+
+        Raises:
+            ValueError: for codes outside ``[0, 1]`` (unless ``extrapolate``), non-finite codes or a bad shape.
+        """
+        extrapolate = self.extrapolate if extrapolate is None else bool(extrapolate)
+        if not isinstance(codes, torch.Tensor):
+            codes = torch.as_tensor(codes, dtype=torch.float64)
+        prior_param, lambda_max = codes_to_hyperparameters(codes, self.prior_range, self.lambda_range, extrapolate)
+        return {self.prior_name: prior_param, "lambda_max": lambda_max}
+
+    def __call__(self, codes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``(B, 2)`` codes -> ``{"lambda_max": (B,), "prior_param": (B,)}`` for the loss."""
+        values = self.hyperparameters(codes)
+        return {"lambda_max": values["lambda_max"], "prior_param": values[self.prior_name]}
+
+    def to_codes(
+        self, prior_param: float | torch.Tensor, lambda_max: float | torch.Tensor, extrapolate: bool = False
+    ) -> torch.Tensor:
+        """Prior parameter and ``lambda_max`` -> ``(B, 2)`` codes; see :func:`values_to_codes`."""
+        return values_to_codes(
+            prior_param, lambda_max, self.prior_range, self.lambda_range, extrapolate, self.prior_name
+        )
+
+    def resolve(self, hyper: Mapping[str, Any]) -> list[float]:
+        """Codes of a setting given as in a bundle's ``"hyper"`` config entry.
+
+        ``hyper`` may hold ``codes`` (``[b, r]``), the prior parameter (``alpha`` for the Beta prior,
+        ``inv_sigma2`` for the Gaussian prior), ``lambda_max`` and ``extrapolate``; ``None`` entries are ignored.
+        ``codes`` gives both codes; the prior parameter replaces the first, ``lambda_max`` the second, so
+        ``{"codes": [0.5, 0.2], "lambda_max": 2.0}`` means ``b = 0.5`` and ``lambda_max = 2``. ``extrapolate``
+        may be a bool or a command-line string (``"true"``/``"false"``, see :func:`~svreg_monai.utils.check_flag`).
+
+        Args:
+            hyper: the setting.
+
+        Returns:
+            ``[b, r]``.
+
+        Raises:
+            ValueError: for unknown keys, a parameter of the other prior, a missing code, or codes / values outside
+                the trained range (naming the value and the range) unless ``hyper["extrapolate"]`` is true.
+        """
+        if not isinstance(hyper, Mapping):
+            raise ValueError(f"hyper must be a mapping with keys among {list(_HYPER_KEYS)}, got {hyper!r}.")
+        unknown = sorted(set(hyper) - set(_HYPER_KEYS))
+        if unknown:
+            raise ValueError(f"hyper has unknown keys {unknown}; allowed: {list(_HYPER_KEYS)}.")
+        extrapolate = check_flag(hyper.get("extrapolate") or False, "hyper#extrapolate")
+        other = "inv_sigma2" if self.prior == "beta" else "alpha"
+        if hyper.get(other) is not None:
+            raise ValueError(
+                f"hyper#{other}={hyper[other]!r} does not apply to the {self.prior} prior; set hyper#{self.prior_name}."
+            )
+        codes: list[float | None] = [None, None]
+        if hyper.get("codes") is not None:
+            row = _code_row(hyper["codes"], "hyper#codes", 2)
+            if not extrapolate and bool(((row < 0) | (row > 1)).any()):
+                raise ValueError(
+                    f"hyper#codes must lie in the trained range [0, 1], got {row.tolist()}; set hyper#extrapolate "
+                    "to true to use codes outside it."
+                )
+            codes = row.tolist()
+        for col, (name, (lo, hi)) in enumerate(
+            ((self.prior_name, self.prior_range), ("lambda_max", self.lambda_range))
+        ):
+            if hyper.get(name) is not None:
+                codes[col] = _value_to_code(_number(hyper[name], f"hyper#{name}"), lo, hi, name, extrapolate)
+        if codes[0] is None or codes[1] is None:
+            missing = [n for n, c in zip((self.prior_name, "lambda_max"), codes) if c is None]
+            raise ValueError(
+                f"hyper must give hyper#codes [b, r] or hyper#{self.prior_name} and hyper#lambda_max; "
+                f"missing: {missing} (received {dict(hyper)})."
+            )
+        # drop float rounding noise (0.5000000000000004) so that names and JSON files read cleanly
+        return [round(float(codes[0]), 10), round(float(codes[1]), 10)]
+
+    def describe(self, codes: Sequence[float] | torch.Tensor, extrapolate: bool = False) -> dict[str, Any]:
+        """``{"prior": ..., "codes": [b, r], <prior_name>: ..., "lambda_max": ..., "extrapolate": ...}``."""
+        row = _code_row(codes, "codes", 2)
+        values = self.hyperparameters(row[None], extrapolate=True)
+        return {
+            "prior": self.prior,
+            "codes": [round(c, 10) for c in row.tolist()],
+            self.prior_name: float(values[self.prior_name][0]),
+            "lambda_max": float(values["lambda_max"][0]),
+            "extrapolate": check_flag(extrapolate, "extrapolate"),
+        }
+
+    def setting_name(self, codes: Sequence[float] | torch.Tensor) -> str:
+        """Name of the setting of ``codes`` for output folders, e.g. ``hyper_alpha=1.1_lambda_max=2``."""
+        d = self.describe(codes)
+        return hyper_setting_name(self.prior_name, d[self.prior_name], d["lambda_max"])
+
+    def __repr__(self) -> str:
+        return (
+            f"ReferenceHyperMapping(prior={self.prior!r}, {self.prior_name}_range={self.prior_range}, "
+            f"lambda_range={self.lambda_range})"
+        )
+
+
+def save_hyper_setting(
+    output_dir: str | os.PathLike,
+    codes: Sequence[float] | torch.Tensor,
+    mapping: ReferenceHyperMapping,
+    extrapolate: bool = False,
+    name: str = "hyper.json",
+) -> Path:
+    """Write the setting of ``codes`` (see :meth:`ReferenceHyperMapping.describe`) to ``output_dir/name``.
+
+    The folder is created if missing; the file is written atomically.
+
+    Returns:
+        the written path.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return write_json(out / name, mapping.describe(codes, extrapolate))
