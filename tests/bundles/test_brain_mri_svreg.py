@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -26,32 +25,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle_testing import BUNDLE, TINY, cli, configs, require_bundle_extras, run_bundle
 
-BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "brain_mri_svreg"
-# a reduced network and data set so that each run takes seconds on 2 CPU cores
-TINY = [
-    "--demo_subjects", "5",
-    "--embed_dim", "12",
-    "--depths", "[1,1,1]",
-    "--num_heads", "[2,2,2]",
-    "--time_steps", "2",
-]  # fmt: skip
-pytest.importorskip("fire", reason="monai.bundle's command line needs `fire` (pip install svreg-monai[bundle])")
-pytest.importorskip("nilearn", reason="the demo data set needs `nilearn` (pip install svreg-monai[bundle])")
-
-
-def _configs(*names: str) -> str:
-    return json.dumps([f"configs/{n}.json" for n in names])
-
-
-def run_bundle(root: Path, configs: str, *args: str, check: bool = True, timeout: int = 600):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(root)]
-    cmd += ["--logging_file", "configs/logging.conf", *TINY, *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"bundle run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
+require_bundle_extras()
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +43,7 @@ def bundle(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(bundle):
-    proc = run_bundle(bundle, _configs("train"), "--max_epochs", "1")
+    proc = run_bundle(bundle, configs("train"), "--max_epochs", "1")
     return bundle, proc.stdout + proc.stderr
 
 
@@ -82,13 +58,13 @@ def test_train_writes_checkpoints_logs_and_metrics(trained):
 
 def test_evaluate_and_infer_write_outputs_with_input_affine(trained):
     root, _ = trained
-    run_bundle(root, _configs("train", "evaluate"))
+    run_bundle(root, configs("train", "evaluate"))
     rows = (root / "eval" / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("pair,moving,fixed,dice_CSF,dice_GM,dice_WM,dice_mean,ndp,ndv")
     assert len(rows) == 1 + 2 + 1  # header, 2 validation pairs, mean
     shutil.rmtree(root / "eval")
 
-    run_bundle(root, _configs("inference"))
+    run_bundle(root, configs("inference"))
     datalist = json.loads((root / "data" / "demo" / "datalist.json").read_text())
     assert len(datalist["test"]) == 2
     for item in datalist["test"]:
@@ -125,8 +101,8 @@ def test_resume_after_kill_keeps_finished_epochs(bundle, tmp_path):
     root = tmp_path / "resume"
     shutil.copytree(bundle, root, ignore=shutil.ignore_patterns("logs", "eval", "models"))
     ckpt = root / "models"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", _configs("train"), "--bundle_root", str(root)]
-    cmd += ["--logging_file", "configs/logging.conf", *TINY, "--max_epochs", "50"]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs("train"), "--bundle_root", str(root)]
+    cmd += ["--logging_file", "configs/logging.conf", *cli(TINY), "--max_epochs", "50"]
     proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
@@ -142,7 +118,7 @@ def test_resume_after_kill_keeps_finished_epochs(bundle, tmp_path):
     state = torch.load(ckpt / f"checkpoint_epoch={done}.pt", map_location="cpu", weights_only=False)
     assert state["trainer"]["iteration"] == done * state["trainer"]["epoch_length"]  # whole epochs only
 
-    out = run_bundle(root, _configs("train"), "--max_epochs", str(done + 1), "--resume", "true")
+    out = run_bundle(root, configs("train"), "--max_epochs", str(done + 1), "--resume", "true")
     log = out.stdout + out.stderr
     assert f"checkpoint_epoch={done}.pt; continuing after epoch {done}" in log
     assert f"Epoch[{done + 1}] Metrics" in log and f"Epoch[{done}] Metrics" not in log
@@ -151,8 +127,6 @@ def test_resume_after_kill_keeps_finished_epochs(bundle, tmp_path):
 
 def test_missing_dataset_dir_is_named(tmp_path):
     missing = tmp_path / "no_such_data"
-    proc = run_bundle(
-        BUNDLE, _configs("train"), "--data_source", "datalist", "--dataset_dir", str(missing), check=False
-    )
+    proc = run_bundle(BUNDLE, configs("train"), "--data_source", "datalist", "--dataset_dir", str(missing), check=False)
     assert proc.returncode != 0
     assert re.search(rf"FileNotFoundError: .*{re.escape(str(missing))}", proc.stderr)

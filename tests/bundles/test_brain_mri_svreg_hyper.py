@@ -16,42 +16,27 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
+import bundle_testing
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "brain_mri_svreg"
 SUBJECTS = 6  # 2 training pairs (one batch of 2), 2 validation and 2 test pairs
-# a reduced network and data set so that each run takes seconds on 2 CPU cores
-TINY = {"demo_subjects": SUBJECTS, "embed_dim": 12, "depths": [1, 1, 1], "num_heads": [2, 2, 2], "time_steps": 2}
+TINY = {**bundle_testing.TINY, "demo_subjects": SUBJECTS}
 HYPER_TINY = {**TINY, "rank": 2}
-pytest.importorskip("fire", reason="monai.bundle's command line needs `fire` (pip install svreg-monai[bundle])")
-pytest.importorskip("nilearn", reason="the demo data set needs `nilearn` (pip install svreg-monai[bundle])")
+bundle_testing.require_bundle_extras()
+BUNDLE = bundle_testing.BUNDLE
+_configs = bundle_testing.configs
+_cli = bundle_testing.cli
 
 
-def _configs(*names: str) -> str:
-    return json.dumps([f"configs/{n}.json" for n in names])
-
-
-def _cli(overrides: dict) -> list[str]:
-    return [arg for k, v in overrides.items() for arg in (f"--{k}", json.dumps(v))]
-
-
-def run_bundle(root: Path, configs: str, overrides: dict, *args: str, timeout: int = 600):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(root)]
-    cmd += ["--logging_file", "configs/logging.conf", *_cli(overrides), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise AssertionError(f"bundle run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+def run_bundle(root: Path, configs: str, overrides: dict, *args: str, timeout: int = 600) -> str:
+    proc = bundle_testing.run_bundle(root, configs, *args, overrides=overrides, timeout=timeout)
     return proc.stdout + proc.stderr
 
 

@@ -25,19 +25,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from bundle_testing import BUNDLE, TINY, cli, require_bundle_extras
 
 from svreg_monai.networks import TransMorphTVFSPR
 
-BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "brain_mri_svreg"
-TINY = [
-    "--demo_subjects", "5",
-    "--embed_dim", "12",
-    "--depths", "[1,1,1]",
-    "--num_heads", "[2,2,2]",
-    "--time_steps", "2",
-]  # fmt: skip
-pytest.importorskip("fire", reason="monai.bundle's command line needs `fire` (pip install svreg-monai[bundle])")
-pytest.importorskip("nilearn", reason="the demo data set needs `nilearn` (pip install svreg-monai[bundle])")
+require_bundle_extras()
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with the gloo backend"
 )
@@ -48,7 +40,7 @@ def torchrun(root: Path, configs: list[str], log_dir: Path, *args: str) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     cmd += ["--log-dir", str(log_dir), "--redirects", "3", "-m", "monai.bundle", "run"]
     cmd += ["--config_file", json.dumps([f"configs/{c}.json" for c in configs]), "--bundle_root", str(root)]
-    cmd += ["--logging_file", "configs/logging.conf", *TINY, *args]
+    cmd += ["--logging_file", "configs/logging.conf", *cli(TINY), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
