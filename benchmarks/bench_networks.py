@@ -22,6 +22,7 @@ Examples::
     python benchmarks/bench_networks.py --size demo --mode forward train
     python benchmarks/bench_networks.py --size ixi --mode train --repeats 2
     python benchmarks/bench_networks.py --size ixi --mode train --use-checkpoint
+    python benchmarks/bench_networks.py --size ixi --mode train --mixed-precision bfloat16 --channels-last
     # the reference implementation, for comparison (path to its IXI/ folder; needs ml_collections and timm or a
     # stand-in for timm's DropPath/trunc_normal_/to_3tuple on PYTHONPATH)
     python benchmarks/bench_networks.py --size ixi --mode train --impl reference --reference-dir /path/to/IXI
@@ -57,7 +58,12 @@ def _build(args: argparse.Namespace):
         from svreg_monai.networks import TransMorphTVFSPR
 
         net = TransMorphTVFSPR(
-            img_size=size, time_steps=args.time_steps, use_checkpoint=args.use_checkpoint, use_sdpa=not args.no_sdpa
+            img_size=size,
+            time_steps=args.time_steps,
+            use_checkpoint=args.use_checkpoint,
+            use_sdpa=not args.no_sdpa,
+            mixed_precision=args.mixed_precision,
+            channels_last=args.channels_last,
         )
 
         def run(moving, fixed):
@@ -82,7 +88,13 @@ def _build(args: argparse.Namespace):
     def run(moving, fixed):
         import torch.nn.functional as F
 
-        flow, weight = net((F.avg_pool3d(moving, 2), F.avg_pool3d(fixed, 2)))
+        from svreg_monai.utils.precision import autocast, check_mixed_precision
+
+        # --mixed-precision wraps the reference's whole forward in torch.autocast (the reference has no such option;
+        # this only shows how much of a speed-up comes from the precision alone)
+        with autocast(moving.device.type, check_mixed_precision(args.mixed_precision)):
+            flow, weight = net((F.avg_pool3d(moving, 2), F.avg_pool3d(fixed, 2)))
+        flow, weight = flow.float(), weight.float()
         return F.interpolate(flow, scale_factor=2, mode="trilinear", align_corners=False) * 2, weight
 
     def warp(image, ddf):
@@ -174,6 +186,8 @@ def worker(args: argparse.Namespace) -> dict:
         "img_size": list(size),
         "threads": args.threads,
         "use_checkpoint": args.use_checkpoint,
+        "mixed_precision": args.mixed_precision,
+        "channels_last": args.channels_last,
         "similarity": args.similarity if args.impl == "ours" else "reference NCC_vxm",
         "times_s": [round(t, 3) for t in times],
         "peak_rss_gib": round(_rss_kib("VmHWM") / 2**20, 3),
@@ -192,6 +206,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--time-steps", type=int, default=7)
     parser.add_argument("--use-checkpoint", action="store_true", help="gradient checkpointing (ours)")
+    parser.add_argument(
+        "--mixed-precision",
+        choices=("bfloat16", "float16"),
+        default=None,
+        help="ours: the network's mixed_precision option; reference: its forward under torch.autocast",
+    )
+    parser.add_argument("--channels-last", action="store_true", help="channels-last convolution blocks (ours)")
     parser.add_argument("--no-sdpa", action="store_true", help="explicit attention instead of the fused kernel (ours)")
     parser.add_argument("--similarity", choices=("squared", "lncc"), default="squared")
     parser.add_argument("--lambda-max", type=float, default=1.0)
@@ -221,6 +242,10 @@ def main(argv: list[str] | None = None) -> None:
                     cmd.append("--use-checkpoint")
                 if args.no_sdpa:
                     cmd.append("--no-sdpa")
+                if args.mixed_precision:
+                    cmd += ["--mixed-precision", args.mixed_precision]
+                if args.channels_last:
+                    cmd.append("--channels-last")
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 if proc.returncode != 0:
                     print(f"{impl} {mode} {size}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)

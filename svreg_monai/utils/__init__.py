@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from .io import atomic_path, atomic_write, save_nifti, write_csv, write_json
 from .keys import RegistrationKeys
+from .precision import MIXED_PRECISION_DTYPES, autocast, check_mixed_precision, float32_region, to_float32
 from .validation import (
     check_ddf,
     check_finite,
@@ -26,10 +27,13 @@ from .validation import (
 )
 
 __all__ = [
+    "MIXED_PRECISION_DTYPES",
     "RegistrationKeys",
     "atomic_path",
     "atomic_write",
+    "autocast",
     "check_ddf",
+    "check_mixed_precision",
     "check_finite",
     "check_flag",
     "check_per_sample_value",
@@ -37,7 +41,9 @@ __all__ = [
     "check_spatial_dims",
     "check_tensor",
     "check_weight_map",
+    "float32_region",
     "save_nifti",
+    "to_float32",
     "write_csv",
     "write_json",
 ]

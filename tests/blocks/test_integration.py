@@ -156,3 +156,32 @@ def test_warp_grid_follows_dtype():
     assert out64.dtype == torch.float64
     assert integ.warp.ref_grid.dtype == torch.float64
     assert torch.allclose(out32.double(), out64, atol=1e-5)
+
+
+@pytest.mark.parametrize("rule", ["reference", "composition"])
+def test_integration_runs_in_float32_under_mixed_precision(rule):
+    # a 16-bit velocity (a network's head under autocast) is integrated in float32, and the caller's autocast does not
+    # reach the warps: the result equals the float32 integration of the same (rounded) values exactly
+    v = smooth_field((1, 3, 10, 11, 12), 2.0).bfloat16()
+    integ = VelocityFieldIntegrator("tvf", num_steps=4, tvf_rule=rule)
+    expected = integ([v.float(), v.float()])
+    for autocast in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = integ([v, v])
+            step = tvf_step(None, v, rule=rule)
+            svf = scaling_and_squaring(v, 3)
+        assert out.dtype == step.dtype == svf.dtype == torch.float32
+        assert torch.equal(out, expected)
+        assert torch.equal(svf, scaling_and_squaring(v.float(), 3))
+
+
+def test_warp_samples_in_float32_under_autocast():
+    image = smooth_field((1, 1, 9, 10, 11), 1.0, seed=1)
+    ddf = smooth_field((1, 3, 9, 10, 11), 1.5)
+    expected = warp_image(image, ddf)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = warp_image(image, ddf)
+    half = warp_image(image.bfloat16(), ddf.bfloat16())
+    assert out.dtype == half.dtype == torch.float32
+    assert torch.equal(out, expected)
+    assert torch.equal(half, warp_image(image.bfloat16().float(), ddf.bfloat16().float()))

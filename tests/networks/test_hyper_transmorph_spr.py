@@ -87,6 +87,25 @@ def test_per_sample_codes_low_rank(images):
                 torch.testing.assert_close(a[0], b[i], rtol=1e-4, atol=1e-5)
 
 
+def test_per_sample_codes_channels_last_and_mixed_precision(images):
+    moving, fixed = images
+    codes = torch.tensor([[0.1, 0.9], [0.8, 0.2]])
+    torch.manual_seed(1)
+    net = tiny(generator="low_rank", rank=2, base_weights=True, channels_last=True).eval()
+    perturb(net)
+    with torch.no_grad():
+        out = net(moving, fixed, codes)
+        for i in range(2):  # the grouped per-sample convolutions also work on channels-last tensors
+            single = net(moving[i : i + 1], fixed[i : i + 1], codes[i : i + 1])
+            for a, b in zip(single, out):
+                torch.testing.assert_close(a[0], b[i], rtol=1e-4, atol=1e-5)
+        half = tiny(generator="low_rank", rank=2, base_weights=True, mixed_precision="bfloat16").eval()
+        half.load_state_dict(net.state_dict())
+        out16 = half(moving, fixed, codes)
+    assert all(t.dtype == torch.float32 for t in out16)
+    assert (out16.ddf - out.ddf).abs().mean() <= 0.02 * out.ddf.abs().mean()
+
+
 def _plain_state(net: HyperTransMorphTVFSPR) -> dict[str, torch.Tensor]:
     """The ordinary state dict equivalent to a base-weight hyper model at initialisation."""
     state = {}
