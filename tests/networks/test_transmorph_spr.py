@@ -255,7 +255,7 @@ class TestMixedPrecision:
             typical = a.abs().mean()
             assert (a - b).abs().mean() <= 0.05 * typical, name
             assert not torch.equal(a, b), name  # the option is honoured
-        assert 0 < out.weight.min() and out.weight.max() <= 1
+        assert out.weight.min() > 0 and out.weight.max() <= 1
 
     def test_training_step_in_bfloat16(self):
         # depths (2, 2, 1): see test_gradients_reach_every_parameter
