@@ -73,6 +73,24 @@ def test_gradients_reach_all_parameters(make, kwargs, shape, velocity_size):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("make,kwargs,shape,velocity_size", CASES[:2])
+def test_mixed_precision_outputs_float32_close_to_float32(make, kwargs, shape, velocity_size):
+    torch.manual_seed(0)
+    ref = make(velocity_init_std=0.05, **kwargs).eval()
+    net = make(mixed_precision="bfloat16", **kwargs).eval()
+    net.load_state_dict(ref.state_dict())
+    moving, fixed = torch.rand(shape), torch.rand(shape)
+    with torch.no_grad():
+        expected, out = ref(moving, fixed), net(moving, fixed)
+    for name in ("ddf", "velocity", "weight"):
+        a, b = getattr(expected, name), getattr(out, name)
+        assert b.dtype == torch.float32, name
+        assert not torch.equal(a, b), name  # the backbone did run in bfloat16
+        assert (a - b).abs().mean() <= 0.05 * a.abs().mean(), name
+    with pytest.raises(ValueError, match="mixed_precision .* got 'fp8'"):
+        make(mixed_precision="fp8")
+
+
 def test_svf_is_diffeomorphic_integration():
     torch.manual_seed(3)
     net = unet_2d(velocity_init_std=1e-2, integration_steps=4)

@@ -25,6 +25,7 @@ from svreg_monai.blocks.integration import VelocityFieldIntegrator
 from svreg_monai.blocks.resize import resize_ddf
 from svreg_monai.networks.blocks.weight_head import WEIGHT_PRIORS, RegularizationWeightHead
 from svreg_monai.networks.nets.outputs import RegistrationOutput
+from svreg_monai.utils.precision import autocast, check_mixed_precision, to_float32
 from svreg_monai.utils.validation import check_same_device, check_spatial_dims, check_tensor
 
 __all__ = ["SpatiallyVaryingRegistrationNet", "VELOCITY_INITS"]
@@ -70,6 +71,9 @@ class SpatiallyVaryingRegistrationNet(nn.Module):
             upsample the displacement (values doubled) and the weight logits by 2; needs even spatial sizes.
         eps: lower bound of the weight.
         max_weight: upper bound of the Gaussian-prior weight.
+        mixed_precision: None (float32), ``"bfloat16"`` or ``"float16"``: the backbone and both heads run under
+            :func:`torch.autocast` on the inputs' device, integration and the weight activation in float32; the
+            outputs are float32 (see :mod:`svreg_monai.utils.precision`).
 
     Shapes:
         ``moving``, ``fixed``: ``(B, C, *S)``; output :class:`~svreg_monai.networks.nets.RegistrationOutput` with
@@ -100,8 +104,10 @@ class SpatiallyVaryingRegistrationNet(nn.Module):
         half_resolution: bool = False,
         eps: float = 1e-6,
         max_weight: float = 5.0,
+        mixed_precision: str | torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self.autocast_dtype = check_mixed_precision(mixed_precision)
         if not isinstance(backbone, nn.Module):
             raise ValueError(f"backbone must be a torch.nn.Module, got {type(backbone).__name__}.")
         self.spatial_dims = check_spatial_dims(spatial_dims)
@@ -210,10 +216,11 @@ class SpatiallyVaryingRegistrationNet(nn.Module):
         Returns:
             ``RegistrationOutput(ddf, velocity, weight)``, see the class docstring.
         """
-        features = self.features(moving, fixed)
-        velocity = self.velocity_head(features)
+        with autocast(moving.device.type, self.autocast_dtype):
+            features = self.features(moving, fixed)
+            velocity = to_float32(self.velocity_head(features))
+            weight = self.weight_head(features)  # float32
         ddf = velocity if self.integrator is None else self.integrator(velocity)
         if self.half_resolution:
             ddf = resize_ddf(ddf, size=moving.shape[2:])
-        weight = self.weight_head(features)
         return RegistrationOutput(ddf=ddf, velocity=velocity, weight=weight)
