@@ -272,6 +272,22 @@ class TestMixedPrecision:
         assert not bad, f"parameters without a float32 gradient: {bad}"
         assert all(bool(torch.isfinite(p.grad).all()) for p in net.parameters())
 
+    def test_checkpointing_recomputes_in_the_same_precision(self):
+        # torch.utils.checkpoint replays the autocast state: recomputed activations are the bfloat16 ones
+        moving, fixed = smooth_images((1, 1, 32, 32, 64))
+        results = []
+        for use_checkpoint in (False, True):
+            torch.manual_seed(0)
+            net = tiny_net(
+                img_size=(32, 32, 64), drop_path_rate=0.0, mixed_precision="bfloat16", use_checkpoint=use_checkpoint
+            )
+            randomize_heads(net)
+            out = net(moving, fixed)
+            (out.ddf.square().mean() + out.weight.mean()).backward()
+            results.append((out.ddf.detach(), torch.cat([p.grad.flatten() for p in net.parameters()])))
+        torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=1e-5)
+        assert (results[1][1] - results[0][1]).norm() <= 1e-3 * results[0][1].norm()
+
     def test_invalid_options_name_the_value(self):
         with pytest.raises(ValueError, match="mixed_precision must be .* got 'half'"):
             tiny_net(mixed_precision="half")
