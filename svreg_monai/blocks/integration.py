@@ -18,8 +18,8 @@
   and squaring of the accumulated field as the reference does.
 
 All fields are ``(B, N, *S)`` in voxels, channel order = array axes. Integration always runs in float32: 16-bit
-velocities (from a network under ``torch.autocast``) are cast up and autocast is switched off inside (see
-:mod:`svreg_monai.utils.precision`); float64 stays float64.
+velocities (from a network under ``torch.autocast``) are cast up (see :mod:`svreg_monai.utils.precision`); float64
+stays float64.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch.nn as nn
 from monai.networks.blocks import Warp
 
 from svreg_monai.blocks.warping import RegistrationWarp, compose_ddf
-from svreg_monai.utils.precision import float32_region, to_float32
+from svreg_monai.utils.precision import to_float32
 from svreg_monai.utils.validation import check_ddf
 
 __all__ = ["scaling_and_squaring", "tvf_step", "integrate_tvf", "VelocityFieldIntegrator", "TVF_RULES"]
@@ -68,10 +68,9 @@ def scaling_and_squaring(velocity: torch.Tensor, num_steps: int = 7, warp: Warp 
     check_ddf(velocity, "velocity")
     _check_steps(num_steps, 0)
     layer = warp if warp is not None else RegistrationWarp()
-    with float32_region(velocity.device.type):
-        ddf = to_float32(velocity) / (2**num_steps)
-        for _ in range(num_steps):
-            ddf = ddf + layer(ddf, ddf)
+    ddf = to_float32(velocity) / (2**num_steps)
+    for _ in range(num_steps):
+        ddf = ddf + layer(ddf, ddf)
     return ddf
 
 
@@ -97,15 +96,14 @@ def tvf_step(
     _check_rule(rule)
     check_ddf(velocity, "velocity")
     layer = warp if warp is not None else RegistrationWarp()
-    with float32_region(velocity.device.type):
-        velocity = to_float32(velocity)
-        ddf = None if ddf is None else to_float32(ddf)
-        if rule == "reference":
-            increment = layer(velocity, velocity)
-            return increment if ddf is None else ddf + increment
-        if ddf is None:
-            return velocity
-        return compose_ddf(ddf, velocity, warp=layer)
+    velocity = to_float32(velocity)
+    ddf = None if ddf is None else to_float32(ddf)
+    if rule == "reference":
+        increment = layer(velocity, velocity)
+        return increment if ddf is None else ddf + increment
+    if ddf is None:
+        return velocity
+    return compose_ddf(ddf, velocity, warp=layer)
 
 
 def integrate_tvf(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from monai.networks.blocks import Warp
 
-from svreg_monai.utils.precision import float32_region, to_float32
+from svreg_monai.utils.precision import to_float32
 from svreg_monai.utils.validation import check_ddf, check_same_device, check_tensor
 
 __all__ = ["RegistrationWarp", "warp_image", "compose_ddf", "warp_labels"]
@@ -32,8 +32,8 @@ class RegistrationWarp(Warp):
     MONAI's ``Warp`` caches its identity grid keyed on shape only, so a module first called on the CPU (or in
     float32) and later on CUDA (or in float64) reuses a grid on the wrong device or with the wrong precision.
     This subclass invalidates that cache, and samples in float32 under mixed precision: float16/bfloat16 inputs are
-    cast to float32 and autocast is switched off for the call (a 16-bit displacement is too coarse to warp with, see
-    :mod:`svreg_monai.utils.precision`); the sampling itself is MONAI's.
+    cast to float32 (a 16-bit displacement is too coarse to warp with, see :mod:`svreg_monai.utils.precision`); the
+    sampling itself is MONAI's.
 
     Args:
         mode: interpolation mode, ``"bilinear"`` (linear in 3D too), ``"nearest"`` or ``"bicubic"``.
@@ -57,8 +57,7 @@ class RegistrationWarp(Warp):
         Returns:
             ``(B, C, *S)`` warped image, float32 if ``image`` or ``ddf`` was float16/bfloat16.
         """
-        with float32_region(ddf.device.type):
-            return super().forward(to_float32(image), to_float32(ddf))
+        return super().forward(to_float32(image), to_float32(ddf))
 
 
 def warp_image(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .io import atomic_path, atomic_write, save_nifti, write_csv, write_json
 from .keys import RegistrationKeys
-from .precision import MIXED_PRECISION_DTYPES, autocast, check_mixed_precision, float32_region, to_float32
+from .precision import MIXED_PRECISION_DTYPES, autocast, check_mixed_precision, to_float32
 from .validation import (
     check_ddf,
     check_finite,
@@ -41,7 +41,6 @@ __all__ = [
     "check_spatial_dims",
     "check_tensor",
     "check_weight_map",
-    "float32_region",
     "save_nifti",
     "to_float32",
     "write_csv",

@@ -13,8 +13,10 @@
 Convolutions and attention tolerate bfloat16/float16 (``torch.autocast``); displacement arithmetic does not. A
 bfloat16 number has 8 significant bits, so a displacement of 50 voxels would be stored to within 0.25 voxel and
 every scaling-and-squaring step would add that error. Warps, velocity integration and the weight activation
-therefore run in float32 inside :func:`float32_region`, whether the caller enabled autocast (MONAI engines with
-``amp=True``) or a network did (``mixed_precision=...``).
+therefore cast 16-bit inputs up with :func:`to_float32`. Nothing more is needed, whether the caller enabled autocast
+(MONAI engines with ``amp=True``) or a network did (``mixed_precision=...``): the operations they use (grid
+sampling, interpolation, elementwise arithmetic, sigmoid/softplus) are not in autocast's lower-precision lists, so
+on float32 inputs they compute in float32 under autocast too (a test checks this for the CPU).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-__all__ = ["MIXED_PRECISION_DTYPES", "check_mixed_precision", "autocast", "float32_region", "to_float32"]
+__all__ = ["MIXED_PRECISION_DTYPES", "check_mixed_precision", "autocast", "to_float32"]
 
 MIXED_PRECISION_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 """Accepted ``mixed_precision`` values (also as ``torch.dtype``)."""
@@ -62,17 +64,6 @@ def autocast(device_type: str, dtype: torch.dtype | None) -> AbstractContextMana
     if dtype is None:
         return nullcontext()
     return torch.autocast(device_type, dtype=dtype)
-
-
-def float32_region(device_type: str) -> AbstractContextManager:
-    """Switch autocast off for ``device_type`` if a caller switched it on; otherwise a no-op context.
-
-    Args:
-        device_type: ``tensor.device.type`` of the tensors computed inside.
-    """
-    if torch.is_autocast_enabled(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return nullcontext()
 
 
 def to_float32(tensor: torch.Tensor) -> torch.Tensor:

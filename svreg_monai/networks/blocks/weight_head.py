@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 
-from svreg_monai.utils.precision import float32_region, to_float32
+from svreg_monai.utils.precision import to_float32
 from svreg_monai.utils.validation import check_spatial_dims
 
 __all__ = ["WEIGHT_PRIORS", "regularization_weight_activation", "RegularizationWeightHead"]
@@ -106,9 +106,8 @@ class RegularizationWeightHead(nn.Module):
             and the activation run in float32: the ``eps`` floor of ``1e-6`` and ``log(weight)`` in the prior need it).
         """
         logits = self.out(self.conv1(self.conv0(features)))
-        with float32_region(logits.device.type):
-            logits = to_float32(logits)
-            if self.upsample_factor > 1:
-                mode = "trilinear" if self.spatial_dims == 3 else "bilinear"
-                logits = F.interpolate(logits, scale_factor=self.upsample_factor, mode=mode, align_corners=False)
-            return regularization_weight_activation(logits, self.prior, self.eps, self.max_weight)
+        logits = to_float32(logits)
+        if self.upsample_factor > 1:
+            mode = "trilinear" if self.spatial_dims == 3 else "bilinear"
+            logits = F.interpolate(logits, scale_factor=self.upsample_factor, mode=mode, align_corners=False)
+        return regularization_weight_activation(logits, self.prior, self.eps, self.max_weight)
