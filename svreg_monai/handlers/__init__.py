@@ -8,12 +8,14 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Ignite/MONAI event handlers: resuming, loss-term logging, TensorBoard images and the per-pair result writer."""
+"""Ignite/MONAI event handlers: resuming, loss-term logging, skipping non-finite gradient steps, TensorBoard images
+and the per-pair result writer."""
 
 from __future__ import annotations
 
 from .checkpoint import TrainingCheckpoint, latest_checkpoint
 from .loss_terms import LossTermsHandler
+from .nonfinite import SkipNonFiniteGradients
 from .result_writer import RegistrationResultWriter, file_stem, pair_id_from_filenames
 from .tensorboard_images import RegistrationTensorBoardImageHandler
 
@@ -22,6 +24,7 @@ __all__ = [
     "TrainingCheckpoint",
     "RegistrationResultWriter",
     "RegistrationTensorBoardImageHandler",
+    "SkipNonFiniteGradients",
     "file_stem",
     "latest_checkpoint",
     "pair_id_from_filenames",

@@ -120,3 +120,27 @@ def test_invalid_inputs():
         unet_2d(velocity_init="random")
     with pytest.raises(ValueError, match="VoxelMorphUNet"):
         SpatiallyVaryingRegistrationNet.from_voxelmorph_unet(UNet(2, 2, 4, (8, 8), (2,)))
+
+
+def test_bfloat16_gradients_of_a_unet_backbone_on_small_maps(one_thread):
+    # a strided convolution brings the first axis to 2, where oneDNN's CPU bfloat16 weight gradients are garbage:
+    # the network guards its convolutions (svreg_monai.utils.precision): finite gradients, close to float32
+    def make(**kwargs):
+        torch.manual_seed(0)
+        backbone = UNet(3, 2, 8, channels=(16, 32, 32), strides=(2, 2), num_res_units=1)
+        return SpatiallyVaryingRegistrationNet(backbone, 3, 8, velocity_init_std=0.05, **kwargs)
+
+    ref, net = make(), make(mixed_precision="bfloat16")
+    net.load_state_dict(ref.state_dict())
+    moving, fixed = torch.rand(1, 1, 4, 16, 16), torch.rand(1, 1, 4, 16, 16)
+
+    def gradient(model):
+        model.zero_grad()
+        out = model(moving, fixed)
+        (out.ddf.square().mean() + out.weight.mean()).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    expected = gradient(ref)
+    for _ in range(3):
+        g = gradient(net)
+        assert bool(torch.isfinite(g).all()) and (g - expected).norm() <= 0.1 * expected.norm()

@@ -52,6 +52,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.utils import ensure_tuple_rep
 
+from svreg_monai.utils.precision import GUARDED_CONVOLUTIONS, guarded_convolution
 from svreg_monai.utils.validation import check_tensor
 
 __all__ = [
@@ -384,15 +385,12 @@ class HyperConv(_HyperLayer):
                 zero), so that the hyper layer reproduces the layer for every code.
             init_std: see :class:`ParameterGenerator` (only without base weights).
         """
-        expected = (
+        plain = (
             (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
             if cls.transposed
-            else (
-                nn.Conv1d,
-                nn.Conv2d,
-                nn.Conv3d,
-            )
+            else (nn.Conv1d, nn.Conv2d, nn.Conv3d)
         )
+        expected = plain + tuple(GUARDED_CONVOLUTIONS[t] for t in plain)
         if type(module) not in expected:
             raise ValueError(f"{cls.__name__}.from_module expects one of {expected}, got {type(module).__name__}.")
         bias = module.bias is not None
@@ -431,15 +429,29 @@ class HyperConv(_HyperLayer):
         return pads
 
     def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int) -> torch.Tensor:
+        # guarded: computed in float32 where CPU bfloat16 weight gradients are wrong (the generator's gradient here)
         if self.transposed:
             fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[self.spatial_dims - 1]
-            return fn(x, weight, bias, self.stride, self.padding, self.output_padding, groups, self.dilation)
+            return guarded_convolution(
+                fn,
+                x,
+                weight,
+                bias,
+                transposed=True,
+                stride=self.stride,
+                padding=self.padding,
+                output_padding=self.output_padding,
+                groups=groups,
+                dilation=self.dilation,
+            )
         fn = (F.conv1d, F.conv2d, F.conv3d)[self.spatial_dims - 1]
         padding = self.padding
         if self.padding_mode != "zeros":
             x = F.pad(x, self._explicit_padding(), mode=self.padding_mode)
             padding = 0
-        return fn(x, weight, bias, self.stride, padding, self.dilation, groups)
+        return guarded_convolution(
+            fn, x, weight, bias, stride=self.stride, padding=padding, dilation=self.dilation, groups=groups
+        )
 
     def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
         """

@@ -39,6 +39,7 @@ from svreg_monai.networks.layers.hyper_layers import (
     hyper_embedding_context,
 )
 from svreg_monai.networks.layers.hypernetwork import HyperNetwork
+from svreg_monai.utils.precision import GUARDED_CONVOLUTIONS
 
 __all__ = ["HyperConditionedNetwork", "hyperize", "HYPERIZABLE_TYPES"]
 
@@ -51,8 +52,11 @@ HYPERIZABLE_TYPES: dict[type, type] = {
     nn.ConvTranspose3d: HyperConvTranspose,
     nn.Linear: HyperLinear,
 }
-"""Exact layer types that are converted, and their hyper counterparts. Subclasses (e.g. the output projection of
-``nn.MultiheadAttention``, whose weight is read directly rather than through ``forward``) are left unchanged."""
+HYPERIZABLE_TYPES.update({guarded: HYPERIZABLE_TYPES[plain] for plain, guarded in GUARDED_CONVOLUTIONS.items()})
+"""Exact layer types that are converted, and their hyper counterparts (the convolutions of a bfloat16 network, see
+:func:`~svreg_monai.utils.precision.guard_bfloat16_convolutions`, included). Other subclasses (e.g. the output
+projection of ``nn.MultiheadAttention``, whose weight is read directly rather than through ``forward``) are left
+unchanged."""
 
 LayerSelector = Union[str, Sequence[str], Callable[[str, nn.Module], bool], None]
 

@@ -25,7 +25,7 @@ from svreg_monai.blocks.integration import VelocityFieldIntegrator
 from svreg_monai.blocks.resize import resize_ddf
 from svreg_monai.networks.blocks.weight_head import WEIGHT_PRIORS, RegularizationWeightHead
 from svreg_monai.networks.nets.outputs import RegistrationOutput
-from svreg_monai.utils.precision import autocast, check_mixed_precision, to_float32
+from svreg_monai.utils.precision import autocast, check_mixed_precision, guard_bfloat16_convolutions, to_float32
 from svreg_monai.utils.validation import check_same_device, check_spatial_dims, check_tensor
 
 __all__ = ["SpatiallyVaryingRegistrationNet", "VELOCITY_INITS"]
@@ -73,7 +73,9 @@ class SpatiallyVaryingRegistrationNet(nn.Module):
         max_weight: upper bound of the Gaussian-prior weight.
         mixed_precision: None (float32), ``"bfloat16"`` or ``"float16"``: the backbone and both heads run under
             :func:`torch.autocast` on the inputs' device, integration and the weight activation in float32; the
-            outputs are float32 (see :mod:`svreg_monai.utils.precision`).
+            outputs are float32 (see :mod:`svreg_monai.utils.precision`). With bfloat16, the convolutions of the
+            backbone and heads are guarded against oneDNN's wrong CPU bfloat16 weight gradients on small maps
+            (:func:`~svreg_monai.utils.precision.guard_bfloat16_convolutions`).
 
     Shapes:
         ``moving``, ``fixed``: ``(B, C, *S)``; output :class:`~svreg_monai.networks.nets.RegistrationOutput` with
@@ -154,6 +156,8 @@ class SpatiallyVaryingRegistrationNet(nn.Module):
             max_weight=max_weight,
         )
         self.integrator = VelocityFieldIntegrator("svf", num_steps=integration_steps) if integration_steps else None
+        if self.autocast_dtype == torch.bfloat16:  # oneDNN's bfloat16 weight gradients are wrong on small maps
+            guard_bfloat16_convolutions(self)
 
     @classmethod
     def from_voxelmorph_unet(cls, unet: VoxelMorphUNet, **kwargs: Any) -> SpatiallyVaryingRegistrationNet:

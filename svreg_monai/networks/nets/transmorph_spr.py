@@ -30,7 +30,7 @@ from svreg_monai.blocks.resize import resize_ddf
 from svreg_monai.networks.blocks.swin_encoder import SwinEncoder
 from svreg_monai.networks.blocks.weight_head import WEIGHT_PRIORS, RegularizationWeightHead
 from svreg_monai.networks.nets.outputs import RegistrationOutput
-from svreg_monai.utils.precision import autocast, check_mixed_precision
+from svreg_monai.utils.precision import autocast, check_mixed_precision, guard_bfloat16_convolutions
 from svreg_monai.utils.validation import check_flag, check_spatial_dims, check_tensor
 
 __all__ = ["TransMorphDecoderBlock", "TransMorphTVFSPR"]
@@ -158,7 +158,10 @@ class TransMorphTVFSPR(nn.Module):
         mixed_precision: None (float32 throughout, as the reference), ``"bfloat16"`` or ``"float16"``: the encoder,
             decoder, velocity and lambda heads run under :func:`torch.autocast` with this dtype on the inputs'
             device, while velocity integration, warps and the lambda activation stay in float32 (see
-            :mod:`svreg_monai.utils.precision`); the outputs are float32. Works on CPU, where MONAI's ``amp=True``
+            :mod:`svreg_monai.utils.precision`); the outputs are float32. With bfloat16 the convolutions are guarded
+            (:func:`~svreg_monai.utils.precision.guard_bfloat16_convolutions`): those on maps where oneDNN's CPU
+            bfloat16 weight gradients are wrong (an output axis smaller than the kernel, e.g. the first decoder
+            block of an input with an axis of 32) run in float32. Works on CPU, where MONAI's ``amp=True``
             does not apply; bfloat16 pays off on CPUs with AMX or AVX512-BF16 units and on recent GPUs (float16
             on GPU needs a gradient scaler, e.g. MONAI's ``SupervisedTrainer(amp=True)``).
         channels_last: run the convolution blocks at the network's full resolution (last decoder block, image
@@ -292,6 +295,8 @@ class TransMorphTVFSPR(nn.Module):
         )
         self.integrator = VelocityFieldIntegrator("tvf", num_steps=integration_steps, tvf_rule=tvf_rule)
         self.reset_velocity_heads(zero=zero_init_velocity)
+        if self.autocast_dtype == torch.bfloat16:  # oneDNN's bfloat16 weight gradients are wrong on small maps
+            guard_bfloat16_convolutions(self)
 
     def reset_velocity_heads(self, zero: bool = False) -> None:
         """Initialise the velocity heads: weights ``Normal(0, 1e-5)`` (reference) or zero, biases zero."""
