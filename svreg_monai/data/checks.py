@@ -60,7 +60,7 @@ class CheckRegistrationPaird(MapTransform):
     Checks, with error messages naming the key and file (from ``meta["filename_or_obj"]``):
 
     - every image and label has a channel dimension first, shape ``(C, *S)`` with ``len(S) == spatial_dims``,
-      labels with ``C == 1``;
+      labels with ``C == 1``, images with ``C == image_channels`` (a 4D file of several volumes is named as such);
     - moving, fixed and label images have the same spatial shape ``S``;
     - images hold finite values;
     - labels hold whole numbers, all in ``label_values`` (plus the background 0 if ``allow_background``);
@@ -72,6 +72,8 @@ class CheckRegistrationPaird(MapTransform):
         label_values: allowed label values, or None to skip that check.
         allow_background: also allow the label 0 when ``label_values`` is given.
         spatial_dims: number of spatial dimensions (2 or 3).
+        image_channels: channels every image must have (the network's ``in_channels``; 1 for the brain models);
+            None to skip.
         max_spatial_size: largest spatial size the network accepts (its ``image_size``: images are zero-padded to
             it by the bundle's ``RegistrationInferer``), an int for all dimensions or one per dimension; None to skip.
         divisible_by: the network's sizes must be multiples of this (32 for the TransMorph family); used to check
@@ -93,6 +95,7 @@ class CheckRegistrationPaird(MapTransform):
         label_values: Sequence[int] | None = None,
         allow_background: bool = True,
         spatial_dims: int = 3,
+        image_channels: int | None = 1,
         max_spatial_size: Sequence[int] | int | None = None,
         divisible_by: int | None = 32,
         allow_missing_keys: bool = False,
@@ -104,6 +107,9 @@ class CheckRegistrationPaird(MapTransform):
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}.")
         self.spatial_dims = int(spatial_dims)
+        if image_channels is not None and (isinstance(image_channels, bool) or int(image_channels) < 1):
+            raise ValueError(f"image_channels must be a positive integer or None, got {image_channels!r}.")
+        self.image_channels = None if image_channels is None else int(image_channels)
         self.label_values: np.ndarray | None = None
         if label_values is not None:
             values = {int(v) for v in label_values} | ({0} if allow_background else set())
@@ -139,6 +145,13 @@ class CheckRegistrationPaird(MapTransform):
             )
         if label and x.shape[0] != 1:
             raise ValueError(f"{desc} must be a label map with one channel, shape (1, *spatial), got {tuple(x.shape)}.")
+        if not label and self.image_channels is not None and x.shape[0] != self.image_channels:
+            what = f"a {self.spatial_dims + 1}D image of {x.shape[0]} volumes" if x.shape[0] > 1 else "an image"
+            raise ValueError(
+                f"{desc} is {what} (loaded with shape {tuple(x.shape)}), but the network takes images with "
+                f"{self.image_channels} channel(s): give one {self.spatial_dims}D volume per image (e.g. extract it "
+                "with nibabel, or fslroi), or set the network's in_channels."
+            )
 
     def _check_labels(self, x: torch.Tensor, desc: str) -> None:
         if x.is_floating_point():

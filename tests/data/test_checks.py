@@ -46,7 +46,7 @@ def test_valid_items_pass_unchanged():
         item(fixed=np.zeros((1, *SHAPE))),
     ):
         assert check(d) is d
-    check2d = CheckRegistrationPaird(spatial_dims=2, label_keys=())
+    check2d = CheckRegistrationPaird(spatial_dims=2, label_keys=(), image_channels=None)
     d2 = {K.MOVING: tensor("a.png", (1, 6, 7)), K.FIXED: tensor("b.png", (3, 6, 7))}
     assert check2d(d2) is d2
 
@@ -100,6 +100,12 @@ def _float_labels():
         ),
         ({K.FIXED_LABEL: _float_labels()}, {}, r"fixed_label 'sub-003_seg\.nii\.gz' contains non-integer.*1\.5"),
         ({K.FIXED: None}, {}, r"item has no 'fixed' image"),
+        (
+            {K.FIXED: tensor("sub-003_4d.nii.gz", (2, *SHAPE))},
+            {},
+            r"fixed image 'sub-003_4d\.nii\.gz' is a 4D image of 2 volumes \(loaded with shape \(2, 8, 10, 12\)\).*1 "
+            r"channel\(s\): give one 3D volume per image",
+        ),
         ({K.FIXED: "sub-003.nii.gz"}, {}, r"fixed must be a loaded array.*'sub-003\.nii\.gz'.*LoadImaged"),
         (
             {},
@@ -138,6 +144,7 @@ def test_too_large_message_suggests_image_size():
         ({"max_spatial_size": (96, 96)}, "3 positive ints"),
         ({"spatial_dims": 4}, "spatial_dims must be 2 or 3"),
         ({"divisible_by": 0}, "divisible_by must be a positive integer"),
+        ({"image_channels": 0}, "image_channels must be a positive integer or None, got 0"),
     ],
 )
 def test_constructor_errors(kwargs, pattern):
