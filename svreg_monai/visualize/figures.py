@@ -171,6 +171,15 @@ def _weight_limits(values: torch.Tensor) -> tuple[float, float]:
     return lo, hi
 
 
+def _value_range(values: torch.Tensor) -> tuple[float, float]:
+    """The finite range of ``values``, widened to ``[v - 1e-3, v + 1e-3]`` for a constant map."""
+    finite = values[torch.isfinite(values)]
+    if finite.numel() == 0:
+        return 0.0, 1.0
+    lo, hi = float(finite.min()), float(finite.max())
+    return (lo, hi) if hi > lo else (lo - 1e-3, hi + 1e-3)
+
+
 def _jacobian_limit(log_j: torch.Tensor, eps: float) -> float:
     """Symmetric colour limit: ``max |log det J|`` over the unfolded voxels, at least ``1e-3``."""
     unfolded = log_j[torch.isfinite(log_j) & (log_j > math.log(eps))]
@@ -275,8 +284,8 @@ def registration_figure(
     """Save a PNG with the panels of one registered pair (written atomically; parent folders are created).
 
     Panels: fixed, moving, warped (the three share one grey scale), ``|warped - fixed|``, the weight map
-    lambda(x) with a colour bar (limits ``[0, 1]`` when the weights lie in ``[0, 1]``, as for a Beta head,
-    otherwise their range), the deformed grid, and ``log det J`` with a diverging colour map and symmetric limits
+    lambda(x) with a colour bar over the range of the slice shown (so that variation shows even when lambda is
+    nearly flat, e.g. within [0.998, 1]; pass ``weight_limits=(0, 1)`` to compare figures), the deformed grid, and ``log det J`` with a diverging colour map and symmetric limits
     ``[-L, L]`` (``L = jacobian_limit`` or ``max |log det J|`` over the unfolded voxels shown; folded voxels,
     counted in the panel title, saturate at ``-L``). A missing ``weight`` or ``ddf`` leaves its panels empty.
 
@@ -335,7 +344,7 @@ def registration_figure(
             im = ax.imshow(p, cmap="magma", vmin=0.0, interpolation="nearest")
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         elif name == "weight":
-            lo, hi = weight_limits if weight_limits is not None else _weight_limits(panels[name])
+            lo, hi = weight_limits if weight_limits is not None else _value_range(panels[name])
             im = ax.imshow(p, cmap="viridis", vmin=lo, vmax=hi, interpolation="nearest")
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         elif name == "deformed_grid":

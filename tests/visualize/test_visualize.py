@@ -174,3 +174,28 @@ def test_registration_figure_errors(tmp_path):
     with mock.patch.dict(sys.modules, blocked), pytest.raises(ImportError, match="pip install matplotlib"):
         registration_figure(x, x, x, None, None, tmp_path / "fig.png")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "weight_limits, expected",
+    [(None, (0.998, 0.9995)), ((0.0, 1.0), (0.0, 1.0))],
+)
+def test_registration_figure_weight_colours_span_the_map(tmp_path, weight_limits, expected):
+    # a nearly flat lambda (the demo model's: within [0.998, 1]) gets a colour scale over its own range, not one
+    # colour of [0, 1]; an explicit scale is honoured
+    from matplotlib.axes import Axes
+
+    shape = (12, 10)
+    weight = torch.linspace(0.998, 0.9995, 12)[:, None].expand(1, *shape).clone()
+    x = torch.rand(1, *shape)
+    original, limits = Axes.imshow, []
+
+    def record(self, *args, **kwargs):
+        if kwargs.get("cmap") == "viridis":
+            limits.append((kwargs["vmin"], kwargs["vmax"]))
+        return original(self, *args, **kwargs)
+
+    with mock.patch.object(Axes, "imshow", record):
+        registration_figure(x, x, x, weight, None, tmp_path / "f.png", weight_limits=weight_limits)
+    assert len(limits) == 1
+    assert limits[0] == pytest.approx(expected, abs=1e-6)
