@@ -285,9 +285,10 @@ def registration_figure(
 
     Panels: fixed, moving, warped (the three share one grey scale), ``|warped - fixed|``, the weight map
     lambda(x) with a colour bar over the range of the slice shown (so that variation shows even when lambda is
-    nearly flat, e.g. within [0.998, 1]; pass ``weight_limits=(0, 1)`` to compare figures), the deformed grid, and ``log det J`` with a diverging colour map and symmetric limits
-    ``[-L, L]`` (``L = jacobian_limit`` or ``max |log det J|`` over the unfolded voxels shown; folded voxels,
-    counted in the panel title, saturate at ``-L``). A missing ``weight`` or ``ddf`` leaves its panels empty.
+    nearly flat, e.g. within [0.998, 1]; pass ``weight_limits=(0, 1)`` to compare figures), the deformed grid, and
+    ``log det J`` with a diverging colour map and symmetric limits ``[-L, L]`` (``L = jacobian_limit`` or
+    ``max |log det J|`` over the unfolded voxels shown; folded voxels, counted in the panel title, saturate at
+    ``-L``). A missing ``weight`` or ``ddf`` leaves its panels empty.
 
     Args:
         fixed: ``(C, H, W[, D])`` fixed image (the first channel is shown).
