@@ -19,7 +19,7 @@ Layout written under ``output_dir``::
     <pair_id>/weight.nii.gz        regularisation weight map lambda(x) (float32), if present
     <pair_id>/jacobian_det.nii.gz  det J of x + ddf(x) (float32; one-sided differences on the border)
     <pair_id>/figure.png           panels of :func:`svreg_monai.visualize.registration_figure`
-    metrics.csv                    one row per pair and a final ``mean`` row
+    metrics.csv                    one row per pair, an ``identity`` row (with moving labels) and a final ``mean`` row
 
 All images carry the affine of the fixed image, on whose grid they are defined. Every file is written atomically.
 """
@@ -109,8 +109,9 @@ class RegistrationResultWriter:
     :class:`~svreg_monai.utils.RegistrationKeys`; a decollated list of dicts works too). On each
     ``ITERATION_COMPLETED`` every sample is written into ``output_dir/<pair_id>/`` (see the module docstring);
     on ``COMPLETED`` the table ``output_dir/<csv_name>`` is written with the columns
-    ``pair, moving, fixed, dice_<name>..., dice_mean, ndp, ndv, sd_log_j`` and a final ``mean`` row (the mean over
-    the pairs of each column, NaN skipped). ``STARTED`` clears the rows, so each evaluation run gets its own table.
+    ``pair, moving, fixed, dice_<name>..., dice_mean, ndp, ndv, sd_log_j``, an ``identity`` row when moving labels
+    were given (their mean Dice before registration) and a final ``mean`` row (the mean over the pairs of each
+    column, NaN skipped); both summary rows are logged at INFO level. ``STARTED`` clears the rows, so each evaluation run gets its own table.
 
     Pair identifiers are ``<moving>_to_<fixed>`` built by :func:`file_stem` from the ``filename_or_obj``
     metadata, with ``_2``, ``_3``, ... appended to a repeated identifier; without file names they are
@@ -193,6 +194,7 @@ class RegistrationResultWriter:
         self.figure_kwargs = dict(figure_kwargs or {})
         self.gather = bool(gather)
         self.rows: list[dict[str, Any]] = []
+        self.identity_rows: list[dict[str, float]] = []
         self.summary: dict[str, Any] = {}
         self._dice_names: list[str] | None = self._names_for(len(label_values)) if label_values is not None else None
         self._used_ids: set[str] = set()
@@ -220,6 +222,7 @@ class RegistrationResultWriter:
     def reset(self, engine: Engine | None = None) -> None:
         """Forget the rows, the summary and the used pair identifiers of a previous run."""
         self.rows = []
+        self.identity_rows = []
         self.summary = {}
         self._used_ids = set()
         if self.label_values is None:
@@ -281,31 +284,32 @@ class RegistrationResultWriter:
             self._warned_affine = True
         return np.eye(4)
 
-    def _dice_row(self, view: SampleView) -> dict[str, float]:
-        warped_label = view.get(RegistrationKeys.WARPED_LABEL)
+    def _dice_values(self, view: SampleView, label_key: str, onehot_key: str) -> list[float] | None:
+        """Dice of ``label_key`` (or its one-hot ``onehot_key``) against the fixed labels, per structure."""
+        label = view.get(label_key)
         fixed_label = view.get(RegistrationKeys.FIXED_LABEL)
-        warped_onehot = view.get(RegistrationKeys.WARPED_LABEL_ONEHOT)
+        onehot = view.get(onehot_key)
         fixed_onehot = view.get(RegistrationKeys.FIXED_LABEL_ONEHOT)
-        have_onehot = warped_onehot is not None and fixed_onehot is not None
-        values: list[float] | None = None
+        have_onehot = onehot is not None and fixed_onehot is not None
         if self.label_values is not None:
-            if warped_label is not None and fixed_label is not None:
-                pred = labels_to_onehot(warped_label[None].round().long(), self.label_values)
+            if label is not None and fixed_label is not None:
+                pred = labels_to_onehot(label[None].round().long(), self.label_values)
                 target = labels_to_onehot(fixed_label[None].round().long(), self.label_values)
-                values = _dice(pred, target)
-            elif have_onehot and warped_onehot.shape[0] == len(self.label_values):
-                values = _dice(warped_onehot[None], fixed_onehot[None])
-            else:
-                values = [float("nan")] * len(self.label_values)
-        elif have_onehot:
-            if self._dice_names is None:
-                self._dice_names = self._names_for(warped_onehot.shape[0])
-            if warped_onehot.shape[0] != len(self._dice_names):
-                raise ValueError(
-                    f"warped_label_onehot has {warped_onehot.shape[0]} channels, but earlier samples had "
-                    f"{len(self._dice_names)}."
-                )
-            values = _dice(warped_onehot[None], fixed_onehot[None])
+                return _dice(pred, target)
+            if have_onehot and onehot.shape[0] == len(self.label_values):
+                return _dice(onehot[None], fixed_onehot[None])
+            return None
+        if not have_onehot:
+            return None
+        if self._dice_names is None:
+            self._dice_names = self._names_for(onehot.shape[0])
+        if onehot.shape[0] != len(self._dice_names):
+            raise ValueError(
+                f"{onehot_key} has {onehot.shape[0]} channels, but earlier samples had {len(self._dice_names)}."
+            )
+        return _dice(onehot[None], fixed_onehot[None])
+
+    def _dice_row(self, values: list[float] | None) -> dict[str, float]:
         if self._dice_names is None:
             return {}
         if values is None:
@@ -341,7 +345,12 @@ class RegistrationResultWriter:
             save_nifti(weight, affine, pair_dir / "weight.nii.gz", dtype=np.float32)
 
         row: dict[str, Any] = {"pair": pair_id, "moving": moving_name or "", "fixed": fixed_name or ""}
-        row.update(self._dice_row(view))
+        row.update(
+            self._dice_row(self._dice_values(view, RegistrationKeys.WARPED_LABEL, RegistrationKeys.WARPED_LABEL_ONEHOT))
+        )
+        identity = self._dice_values(view, RegistrationKeys.MOVING_LABEL, RegistrationKeys.MOVING_LABEL_ONEHOT)
+        if identity is not None:
+            self.identity_rows.append(self._dice_row(identity))
         ndp = ndv = sd = float("nan")
         if ddf is not None:
             save_nifti(ddf, affine, pair_dir / "ddf.nii.gz", dtype=np.float32)
@@ -359,33 +368,58 @@ class RegistrationResultWriter:
         self.rows.append(row)
         return row
 
-    def _table_rows(self) -> tuple[list[dict[str, Any]], bool]:
-        """The rows of the table and whether this process writes it (see the distributed note of the class)."""
+    def _table_rows(self) -> tuple[list[dict[str, Any]], list[dict[str, float]], bool]:
+        """The rows of the table, the identity Dice rows and whether this process writes the table (see the
+        distributed note of the class)."""
         if not (self.gather and dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return self.rows, True
+            return self.rows, self.identity_rows, True
         parts: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, self.rows)
-        return [row for part in parts for row in (part or [])], dist.get_rank() == 0
+        dist.all_gather_object(parts, (self.rows, self.identity_rows))
+        rows = [row for part in parts for row in (part[0] if part else [])]
+        identity = [row for part in parts for row in (part[1] if part else [])]
+        return rows, identity, dist.get_rank() == 0
 
     def write_summary(self, engine: Engine | None = None) -> Path | None:
-        """Compute the ``mean`` row and write the metrics table (all rows of the run, then ``mean``).
+        """Compute the ``identity`` and ``mean`` rows, write the metrics table and log its summary.
+
+        The table holds all rows of the run, then ``identity`` (the mean Dice of the unregistered moving labels, with
+        the Jacobian metrics of the identity transform, 0; only when moving labels were given) and ``mean``.
 
         Returns:
             the path of the table; ``None`` on the ranks other than 0 of a gathered distributed run, which write
             nothing.
         """
-        rows, write = self._table_rows()
+        rows, identity_rows, write = self._table_rows()
         path = self.output_dir / self.csv_name
         fieldnames = list(dict.fromkeys(["pair", "moving", "fixed"] + [k for row in rows for k in row]))
         self.summary = {}
+        summaries: list[dict[str, Any]] = []
         if rows:
+            if identity_rows:
+                identity: dict[str, Any] = {"pair": "identity", "moving": "", "fixed": ""}
+                for key in fieldnames[3:]:
+                    values = [row.get(key, float("nan")) for row in identity_rows]
+                    identity[key] = 0.0 if key in ("ndp", "ndv", "sd_log_j") else _nanmean(values)
+                summaries.append(identity)
             summary: dict[str, Any] = {"pair": "mean", "moving": "", "fixed": ""}
             for key in fieldnames[3:]:
                 summary[key] = _nanmean([row.get(key, float("nan")) for row in rows])
             self.summary = summary
+            summaries.append(summary)
         if not write:
             return None
         if not rows:
             logger.warning("RegistrationResultWriter: no pair was written; %s has a header only.", self.csv_name)
             return write_csv(path, [], fieldnames)
-        return write_csv(path, [*rows, self.summary], fieldnames)
+        written = write_csv(path, [*rows, *summaries], fieldnames)
+        logger.info(summary_table(summaries, fieldnames[3:], f"{len(rows)} pair(s), table {written}"))
+        return written
+
+
+def summary_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str) -> str:
+    """A plain-text table of ``rows`` (their ``pair`` entry first, then ``columns``, 4 decimals), under ``title``."""
+    header = ["", *columns]
+    lines = [[str(row.get("pair", ""))] + [f"{float(row.get(c, float('nan'))):.4f}" for c in columns] for row in rows]
+    widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    return "\n".join([f"Registration results, {title}:", fmt.format(*header), *(fmt.format(*line) for line in lines)])

@@ -34,7 +34,8 @@ require_bundle_extras()
 def bundle(tmp_path_factory):
     """A copy of the bundle (without shipped weights) whose demo data set is created once for the module."""
     root = tmp_path_factory.mktemp("bundle") / "brain_mri_svreg"
-    shutil.copytree(BUNDLE, root, ignore=shutil.ignore_patterns("data", "logs", "eval", "*.pt"))
+    shutil.copytree(BUNDLE, root, ignore=shutil.ignore_patterns("data", "logs", "eval", "runs", "*.pt"))
+    (root / "models" / "model.pt").write_bytes(b"the shipped weights")  # stand-in that training must not touch
     from svreg_monai.data import ensure_dataset
 
     ensure_dataset(root / "data" / "demo", source="demo", num_subjects=5)
@@ -47,24 +48,30 @@ def trained(bundle):
     return bundle, proc.stdout + proc.stderr
 
 
-def test_train_writes_checkpoints_logs_and_metrics(trained):
+def test_train_writes_into_its_run_folder_not_over_the_shipped_weights(trained):
     root, log = trained
-    assert (root / "models" / "checkpoint_epoch=1.pt").is_file()
-    assert (root / "models" / "model.pt").is_file()
-    assert list((root / "logs").glob("events.out.tfevents.*"))
+    run = root / "runs" / "train"
+    assert (run / "models" / "checkpoint_epoch=1.pt").is_file()
+    assert (run / "models" / "model.pt").is_file()
+    assert list((run / "logs").glob("events.out.tfevents.*"))
+    assert (root / "models" / "model.pt").read_bytes() == b"the shipped weights"
+    assert sorted(p.name for p in (root / "models").iterdir()) == ["model.pt"] and not (root / "logs").exists()
     for name in ("val_mean_dice", "val_identity_dice", "val_ndv", "train_similarity", "train_prior"):
         assert re.search(rf"{name}: -?\d", log), name
 
 
 def test_evaluate_and_infer_write_outputs_with_input_affine(trained):
     root, _ = trained
-    run_bundle(root, configs("train", "evaluate"))
-    rows = (root / "eval" / "metrics.csv").read_text().splitlines()
+    run_bundle(root, configs("train", "evaluate"))  # the run's model, into the run's eval/
+    rows = (root / "runs" / "train" / "eval" / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("pair,moving,fixed,dice_CSF,dice_GM,dice_WM,dice_mean,ndp,ndv")
-    assert len(rows) == 1 + 2 + 1  # header, 2 validation pairs, mean
-    shutil.rmtree(root / "eval")
+    assert len(rows) == 1 + 2 + 2  # header, 2 validation pairs, identity, mean
+    assert rows[-2].startswith("identity,,,") and rows[-1].startswith("mean,,,")
 
-    run_bundle(root, configs("inference"))
+    proc = run_bundle(root, configs("inference"), "--ckpt_dir", str(root / "runs" / "train" / "models"))
+    log = proc.stdout + proc.stderr
+    assert "Registration results, 2 pair(s)" in log and re.search(r"identity\s+\d\.\d{4}", log)
+    assert re.search(r"mean(\s+\d\.\d{4}){7}", log)  # Dice of 3 structures, mean Dice, NDP, NDV, SDlogJ
     datalist = json.loads((root / "data" / "demo" / "datalist.json").read_text())
     assert len(datalist["test"]) == 2
     for item in datalist["test"]:
@@ -78,7 +85,7 @@ def test_evaluate_and_infer_write_outputs_with_input_affine(trained):
         weight = np.asarray(nib.load(pair_dir / "weight.nii.gz").dataobj)
         assert weight.min() > 0 and weight.max() <= 1
         assert (pair_dir / "figure.png").is_file()
-    assert (root / "eval" / "metrics.csv").read_text().count("\n") == 2 + 2
+    assert (root / "eval" / "metrics.csv").read_text().count("\n") == 2 + 3
 
 
 def test_check_properties_train_and_infer(bundle):
@@ -99,8 +106,8 @@ def test_check_properties_train_and_infer(bundle):
 
 def test_resume_after_kill_keeps_finished_epochs(bundle, tmp_path):
     root = tmp_path / "resume"
-    shutil.copytree(bundle, root, ignore=shutil.ignore_patterns("logs", "eval", "models"))
-    ckpt = root / "models"
+    shutil.copytree(bundle, root, ignore=shutil.ignore_patterns("logs", "eval", "runs"))
+    ckpt = root / "runs" / "train" / "models"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs("train"), "--bundle_root", str(root)]
     cmd += ["--logging_file", "configs/logging.conf", *cli(TINY), "--max_epochs", "50"]
     proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -56,7 +56,7 @@ def _workflow(root: Path, names: tuple[str, ...], workflow_type: str, **override
 def bundle(tmp_path_factory):
     """A copy of the bundle (without shipped weights) whose demo data set is created once for the module."""
     root = tmp_path_factory.mktemp("hyper_bundle") / "brain_mri_svreg"
-    shutil.copytree(BUNDLE, root, ignore=shutil.ignore_patterns("data", "logs", "eval", "tuning", "*.pt"))
+    shutil.copytree(BUNDLE, root, ignore=shutil.ignore_patterns("data", "logs", "eval", "runs", "tuning", "*.pt"))
     from svreg_monai.data import ensure_dataset
 
     ensure_dataset(root / "data" / "demo", source="demo", num_subjects=SUBJECTS)
@@ -105,13 +105,13 @@ def test_hyper_training_draws_codes_per_sample_and_iteration(hyper_trained):
         torch.testing.assert_close(rec["lambda_max"], 5 * codes[:, 1])  # lambda_max = 5 r
     assert not torch.equal(train[0]["hyper"], train[1]["hyper"])  # new codes every iteration
     assert records["val"] and all(torch.allclose(r["hyper"], torch.tensor([0.05, 0.5])) for r in records["val"])
-    # the hyper model does not clash with the non-hyper one
-    assert (root / "models" / "hyper_model.pt").is_file() and not (root / "models" / "model.pt").exists()
-    assert [p.name for p in (root / "models" / "hyper").iterdir()] == ["checkpoint_epoch=1.pt"]
-    assert not list((root / "models").glob("checkpoint_epoch=*.pt"))
-    state = torch.load(root / "models" / "hyper" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=False)
+    # the hyper run has its own folder: no clash with the plain model's run or the shipped weights
+    run = root / "runs" / "hyper"
+    assert sorted(p.name for p in (run / "models").iterdir()) == ["checkpoint_epoch=1.pt", "hyper_model.pt"]
+    assert not (root / "runs" / "train").exists() and not list((root / "models").glob("*.pt"))
+    state = torch.load(run / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=False)
     assert "generator" in state["hyper_sampler"]  # the code sequence resumes with the training
-    assert list((root / "logs" / "hyper").glob("events.out.tfevents.*"))
+    assert list((run / "logs").glob("events.out.tfevents.*"))
 
 
 def test_inference_at_two_settings_gives_different_fields(hyper_trained):

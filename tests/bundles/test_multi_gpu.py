@@ -61,7 +61,7 @@ def rank_logs(log_dir: Path) -> dict[int, str]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp") / "brain_mri_svreg"
-    shutil.copytree(BUNDLE, root, ignore=shutil.ignore_patterns("data", "logs", "eval", "*.pt", "__pycache__"))
+    shutil.copytree(BUNDLE, root, ignore=shutil.ignore_patterns("data", "logs", "eval", "runs", "*.pt", "__pycache__"))
     log_dir = root.parent / "torchrun_train"
     torchrun(root, ["train", "multi_gpu_train"], log_dir, "--max_epochs", "1")
     return root, rank_logs(log_dir)
@@ -69,24 +69,26 @@ def trained(tmp_path_factory):
 
 def test_only_rank_0_saves_and_logs(trained):
     root, logs = trained
-    assert sorted(p.name for p in (root / "models").iterdir()) == ["checkpoint_epoch=1.pt", "model.pt"]
+    models = root / "runs" / "train" / "models"
+    assert sorted(p.name for p in models.iterdir()) == ["checkpoint_epoch=1.pt", "model.pt"]
     assert "Saved checkpoint at epoch: 1" in logs[0]
     assert "Got new best metric of val_mean_dice" in logs[0]
     for message in ("Saved checkpoint", "new best metric", "Epoch[1] Metrics", "train_loss"):
         assert message not in logs[1], message
     # TensorBoard event files of one process only (their names end with <pid>.<n>)
     pids = {re.match(r"events\.out\.tfevents\.\d+\.[^.]+(?:\.[^.]+)*?\.(\d+)\.\d+$", p.name).group(1)
-            for p in (root / "logs").glob("events.out.tfevents.*")}  # fmt: skip
+            for p in (root / "runs" / "train" / "logs").glob("events.out.tfevents.*")}  # fmt: skip
     assert len(pids) == 1, pids
 
 
 def test_saved_weights_load_into_the_single_process_network(trained):
     root, _ = trained
     net = TransMorphTVFSPR(img_size=(96, 96, 96), embed_dim=12, depths=(1, 1, 1), num_heads=(2, 2, 2), time_steps=2)
-    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    models = root / "runs" / "train" / "models"
+    state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
     assert not [k for k in state if k.startswith("module.")]  # saved from inside the DistributedDataParallel
     net.load_state_dict(state)
-    full = torch.load(root / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=False)
+    full = torch.load(models / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=False)
     net.load_state_dict(full["network"])
     assert {"optimizer", "lr_scheduler", "trainer"} <= set(full)
 
@@ -98,14 +100,14 @@ def test_distributed_evaluation_gathers_one_table(trained):
     logs = rank_logs(log_dir)
     datalist = json.loads((root / "data" / "demo" / "datalist.json").read_text())
     subjects = sorted(Path(item["image"]).parent.name for item in datalist["validation"])
-    with open(root / "eval" / "metrics.csv", newline="") as f:
+    with open(root / "runs" / "train" / "eval" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    # each rank registered one of the 2 validation pairs; rank 0 wrote the rows of both and their mean
-    assert sorted(r["pair"] for r in rows[:-1]) == [f"atlas_T1_to_{s}_T1" for s in subjects]
-    assert rows[-1]["pair"] == "mean"
+    # each rank registered one of the 2 validation pairs; rank 0 wrote the rows of both, identity and their mean
+    assert sorted(r["pair"] for r in rows[:-2]) == [f"atlas_T1_to_{s}_T1" for s in subjects]
+    assert [r["pair"] for r in rows[-2:]] == ["identity", "mean"]
     for subject in subjects:
-        assert (root / "eval" / f"atlas_T1_to_{subject}_T1" / "ddf.nii.gz").is_file()
+        assert (root / "runs" / "train" / "eval" / f"atlas_T1_to_{subject}_T1" / "ddf.nii.gz").is_file()
     assert "val_mean_dice" in logs[0] and "val_mean_dice" not in logs[1]
-    mean = sum(float(r["dice_mean"]) for r in rows[:-1]) / len(rows[:-1])
+    mean = sum(float(r["dice_mean"]) for r in rows[:-2]) / len(rows[:-2])
     logged = float(re.search(r"val_mean_dice: ([0-9.]+)", logs[0]).group(1))
     assert abs(mean - logged) < 1e-3  # the gathered table agrees with the synchronised Ignite metric

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import re
 import tempfile
 from pathlib import Path
 
@@ -216,3 +217,27 @@ def test_pair_id_and_argument_errors(tmp_path):
         RegistrationResultWriter(tmp_path, label_values=[1, 2], label_names=["x"])
     with pytest.raises(ValueError, match="out/m.csv"):
         RegistrationResultWriter(tmp_path, csv_name="out/m.csv")
+
+
+def test_identity_row_and_logged_summary(tmp_path, caplog):
+    # moving labels given: an "identity" row (mean Dice before registration, Jacobian metrics of the identity, 0)
+    # comes before "mean", and the summary is logged at the end
+    output = make_output()
+    moving_label = output[K.FIXED_LABEL].clone()
+    moving_label[0, 0, 3:5, 3:7] = 0  # sample 0: structure 2 missing before registration -> Dice 0
+    output[K.MOVING_LABEL] = moving_label.float()  # sample 1: identical to the fixed labels -> Dice 1
+    writer = RegistrationResultWriter(tmp_path, label_values=[1, 2], label_names=["a", "b"], save_figures=False)
+    with caplog.at_level(logging.INFO, logger="svreg_monai"):
+        run_engine(output, writer)
+    rows = read_csv(tmp_path / "metrics.csv")
+    assert [r["pair"] for r in rows][-2:] == ["identity", "mean"]
+    identity = rows[-2]
+    assert float(identity["dice_a"]) == 1.0 and float(identity["dice_b"]) == pytest.approx(0.5)
+    assert float(identity["dice_mean"]) == pytest.approx(0.75)
+    assert (float(identity["ndp"]), float(identity["ndv"]), float(identity["sd_log_j"])) == (0.0, 0.0, 0.0)
+    assert float(rows[-1]["dice_b"]) == pytest.approx((1 + 2 / 3) / 2)  # the registered mean is unchanged
+    text = caplog.text
+    assert "Registration results, 2 pair(s), table" in text and "metrics.csv" in text
+    assert "dice_mean" in text and "sd_log_j" in text
+    assert re.search(r"identity\s+1\.0000\s+0\.5000\s+0\.7500", text)
+    assert re.search(r"mean\s+1\.0000\s+0\.8333", text)
