@@ -111,7 +111,8 @@ class RegistrationResultWriter:
     on ``COMPLETED`` the table ``output_dir/<csv_name>`` is written with the columns
     ``pair, moving, fixed, dice_<name>..., dice_mean, ndp, ndv, sd_log_j``, an ``identity`` row when moving labels
     were given (their mean Dice before registration) and a final ``mean`` row (the mean over the pairs of each
-    column, NaN skipped); both summary rows are logged at INFO level. ``STARTED`` clears the rows, so each evaluation run gets its own table.
+    column, NaN skipped); both summary rows are logged at INFO level. ``STARTED`` clears the rows, so each
+    evaluation run gets its own table.
 
     Pair identifiers are ``<moving>_to_<fixed>`` built by :func:`file_stem` from the ``filename_or_obj``
     metadata, with ``_2``, ``_3``, ... appended to a repeated identifier; without file names they are
