@@ -342,7 +342,7 @@ def test_download_then_infer_and_load(served_zip, tmp_path):
     assert not list(work.iterdir())  # everything went into the bundle folder
     with open(root / "eval" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["pair"] for r in rows][-1] == "mean" and len(rows) == 3
+    assert [r["pair"] for r in rows][-2:] == ["identity", "mean"] and len(rows) == 4
     assert all(0.0 < float(r["dice_mean"]) <= 1.0 for r in rows)
 
     # monai.bundle.load: network_def of configs/<workflow_type>.json with the weights of the downloaded bundle

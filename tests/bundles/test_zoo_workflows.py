@@ -111,9 +111,10 @@ def trained(setup):
 
 def test_train_workflow(trained):
     root, _, _ = trained
-    assert (root / "models" / "model.pt").is_file()
-    assert (root / "models" / "checkpoint_epoch=1.pt").is_file()
-    assert list((root / "logs").glob("events.out.tfevents.*"))
+    run = root / "runs" / "train"  # a run on one's own datalist writes into its run folder, not models/
+    assert (run / "models" / "model.pt").is_file()
+    assert (run / "models" / "checkpoint_epoch=1.pt").is_file()
+    assert list((run / "logs").glob("events.out.tfevents.*"))
 
 
 def test_evaluate_workflow_layered_on_train(trained):
@@ -121,7 +122,7 @@ def test_evaluate_workflow_layered_on_train(trained):
     out = root / "eval_validation"
     run_workflow(workflow(root, ["train", "evaluate"], "eval", output_dir=str(out), **overrides))
     rows = read_metrics(out / "metrics.csv")
-    assert [r["pair"] for r in rows] == ["atlas_image_to_s04_image", "mean"]
+    assert [r["pair"] for r in rows] == ["atlas_image_to_s04_image", "identity", "mean"]
     assert {"dice_outer", "dice_inner", "dice_mean", "ndv"} <= set(rows[0])
     assert 0.0 <= float(rows[0]["dice_mean"]) <= 1.0
 
@@ -129,7 +130,8 @@ def test_evaluate_workflow_layered_on_train(trained):
 def test_inference_workflow(trained):
     root, data, overrides = trained
     out = root / "eval_test"
-    wf = workflow(root, ["inference"], "infer", output_dir=str(out), **overrides)
+    ckpt_dir = str(root / "runs" / "train" / "models")
+    wf = workflow(root, ["inference"], "infer", output_dir=str(out), ckpt_dir=ckpt_dir, **overrides)
     run_workflow(wf)
     assert type(wf.network_def).__name__ == "DDFOnly"
     pair_dir = out / "atlas_image_to_s05_image"
@@ -139,4 +141,4 @@ def test_inference_workflow(trained):
         np.testing.assert_allclose(image.affine, AFFINE, err_msg=name)
     labels = np.unique(np.asarray(nib.load(pair_dir / "warped_label.nii.gz").dataobj))
     assert set(labels.tolist()) <= {0, 1, 2}
-    assert [r["pair"] for r in read_metrics(out / "metrics.csv")] == ["atlas_image_to_s05_image", "mean"]
+    assert [r["pair"] for r in read_metrics(out / "metrics.csv")] == ["atlas_image_to_s05_image", "identity", "mean"]
