@@ -31,6 +31,9 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import torch
+
+from svreg_monai.networks.blocks.swin_encoder import window_size_from_table
 from svreg_monai.utils.io import atomic_path
 
 __all__ = [
@@ -38,6 +41,7 @@ __all__ = [
     "REQUIRED_FILES",
     "bundle_files",
     "bundle_version",
+    "checkpoint_window_size",
     "main",
     "pack_bundle",
 ]
@@ -72,6 +76,40 @@ _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+-]*$")
 
 def _excluded(relative: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(relative, p) for p in patterns)
+
+
+def checkpoint_window_size(path: str | os.PathLike, default: Sequence[int]) -> list[int]:
+    """The attention window a TM-SPR checkpoint was trained with, for the inference configs.
+
+    The window is part of the trained weights (its relative-position bias tables), not of the input size: a model
+    trained at ``image_size`` 96 (window 3) keeps window 3 when it registers 128^3 images. This reads the first
+    ``relative_position_bias_table`` of the checkpoint (a plain or ``net.``-prefixed state dict, or a dict with a
+    ``"network"``/``"model"`` entry) and returns the window that fits it, ``default`` when that fits (see
+    :func:`~svreg_monai.networks.blocks.swin_encoder.window_size_from_table`).
+
+    Args:
+        path: the checkpoint file. When it does not exist, ``default`` is returned and the checkpoint loader of
+            the config reports the missing file.
+        default: the window to use without a checkpoint (``image_size // 32``); its length is the number of
+            spatial dimensions.
+
+    Raises:
+        ValueError: when the checkpoint has no bias table, or no window fits it.
+    """
+    default = [int(w) for w in default]
+    if not os.path.isfile(path):
+        return default
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} could not be read as a PyTorch checkpoint ({type(e).__name__}: {e}).") from e
+    for key in ("network", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    tables = [v for k, v in state.items() if k.endswith("relative_position_bias_table")]
+    if not tables:
+        raise ValueError(f"{path} holds no relative_position_bias_table: is it a TM-SPR checkpoint?")
+    return list(window_size_from_table(int(tables[0].shape[0]), len(default), preferred=default))
 
 
 def bundle_files(bundle_dir: str | os.PathLike, exclude: Sequence[str] = EXCLUDE_PATTERNS) -> list[Path]:

@@ -32,10 +32,9 @@ require_bundle_extras()
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    """A copy of the bundle (without shipped weights) whose demo data set is created once for the module."""
+    """A copy of the bundle (with its shipped weights) whose demo data set is created once for the module."""
     root = tmp_path_factory.mktemp("bundle") / "brain_mri_svreg"
-    shutil.copytree(BUNDLE, root, ignore=shutil.ignore_patterns("data", "logs", "eval", "runs", "*.pt"))
-    (root / "models" / "model.pt").write_bytes(b"the shipped weights")  # stand-in that training must not touch
+    shutil.copytree(BUNDLE, root, ignore=shutil.ignore_patterns("data", "logs", "eval", "runs", "checkpoint_*.pt"))
     from svreg_monai.data import ensure_dataset
 
     ensure_dataset(root / "data" / "demo", source="demo", num_subjects=5)
@@ -54,7 +53,7 @@ def test_train_writes_into_its_run_folder_not_over_the_shipped_weights(trained):
     assert (run / "models" / "checkpoint_epoch=1.pt").is_file()
     assert (run / "models" / "model.pt").is_file()
     assert list((run / "logs").glob("events.out.tfevents.*"))
-    assert (root / "models" / "model.pt").read_bytes() == b"the shipped weights"
+    assert (root / "models" / "model.pt").read_bytes() == (BUNDLE / "models" / "model.pt").read_bytes()
     assert sorted(p.name for p in (root / "models").iterdir()) == ["model.pt"] and not (root / "logs").exists()
     for name in ("val_mean_dice", "val_identity_dice", "val_ndv", "train_similarity", "train_prior"):
         assert re.search(rf"{name}: -?\d", log), name
@@ -86,6 +85,21 @@ def test_evaluate_and_infer_write_outputs_with_input_affine(trained):
         assert weight.min() > 0 and weight.max() <= 1
         assert (pair_dir / "figure.png").is_file()
     assert (root / "eval" / "metrics.csv").read_text().count("\n") == 2 + 3
+
+
+def test_inference_at_another_size_keeps_the_trained_window(trained, tmp_path):
+    # the model was trained at image_size 96 (window 3); at 128 the window still comes from the checkpoint
+    root, _ = trained
+    models = str(root / "runs" / "train" / "models")
+    proc = run_bundle(
+        root, configs("inference"), "--ckpt_dir", models, "--image_size", "[128, 96, 96]", "--output_dir",
+        str(tmp_path / "out"),
+    )  # fmt: skip
+    assert "Registration results, 2 pair(s)" in proc.stdout + proc.stderr
+    # an option of the wrapped network given to the zoo wrapper is named, with where it belongs
+    proc = run_bundle(root, configs("inference"), "--ckpt_dir", models, "--network_def#img_size", "[64,64,64]",
+                      check=False)  # fmt: skip
+    assert proc.returncode != 0 and "network_def#net#img_size" in proc.stderr
 
 
 def test_check_properties_train_and_infer(bundle):

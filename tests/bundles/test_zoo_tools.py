@@ -202,6 +202,7 @@ def test_ckpt_export_torchscript_matches_eager(small_checkpoint, tmp_path):
     out = tmp_path / "model.ts"
     bundle_cli(
         "monai.bundle", "ckpt_export", "network_def", "--filepath", str(out), "--ckpt_file", str(ckpt),
+        "--ckpt_dir", str(ckpt.parent),  # the trained window is read from <ckpt_dir>/model.pt
         "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json",
         "--use_trace", "True", "--input_shape", "[1,2,64,64,64]", *SMALL_ARGS,
     )  # fmt: skip
@@ -224,6 +225,7 @@ def test_onnx_export_matches_eager(small_checkpoint, tmp_path):
     out = tmp_path / "model.onnx"
     bundle_cli(
         "monai.bundle", "onnx_export", "network_def", "--filepath", str(out), "--ckpt_file", str(ckpt),
+        "--ckpt_dir", str(ckpt.parent),  # the trained window is read from <ckpt_dir>/model.pt
         "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json",
         "--use_trace", "True", "--input_shape", "[1,2,64,64,64]", *SMALL_ARGS,
         "--converter_kwargs", "{'dynamo': False, 'input_names': ['image'], 'output_names': ['pred']}",

@@ -126,3 +126,9 @@ def test_trace_of_the_wrapper_matches_eager():
 def test_rejects_non_modules():
     with pytest.raises(TypeError, match="torch.nn.Module, got int"):
         DDFOnly(3)  # type: ignore[arg-type]
+
+
+def test_options_of_the_wrapped_network_are_named():
+    # `--network_def#img_size ...` on an inference config whose network_def is this wrapper
+    with pytest.raises(TypeError, match=r"DDFOnly only wraps `net`; got \['img_size'\].*network_def#net#img_size"):
+        DDFOnly(nn.Identity(), img_size=(64, 64, 64))

@@ -434,3 +434,61 @@ class TestZooWrapper:
                 got = traced(image)
                 assert got.shape == expected.shape == (shape[0], 3, *shape[2:])
                 assert torch.allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "rows, spatial_dims, preferred, expected",
+    [
+        (125, 3, None, (3, 3, 3)),  # the demo bundle's window
+        (9 * 11 * 13, 3, (5, 6, 7), (5, 6, 7)),  # the IXI window, which other windows also fit
+        (343, 3, (4, 4, 4), (4, 4, 4)),
+        (125, 3, (4, 4, 4), (3, 3, 3)),  # the preferred window does not fit: the cubic one
+        (49, 2, None, (4, 4)),
+    ],
+)
+def test_window_size_from_table(rows, spatial_dims, preferred, expected):
+    from svreg_monai.networks.blocks.swin_encoder import window_size_from_table
+
+    assert window_size_from_table(rows, spatial_dims, preferred) == expected
+
+
+def test_window_size_from_table_errors():
+    from svreg_monai.networks.blocks.swin_encoder import window_size_from_table
+
+    with pytest.raises(ValueError, match="fits the windows .*give the window size explicitly"):
+        window_size_from_table(9 * 11 * 13, 3)
+    with pytest.raises(ValueError, match="no 3D window"):
+        window_size_from_table(2, 3)
+
+
+def test_loading_weights_of_another_window_names_the_window():
+    trained = tiny_net(img_size=(64, 64, 64), window_size=(3, 3, 3))
+    other = tiny_net(img_size=(64, 64, 64), window_size=(2, 2, 2))
+    with pytest.raises(
+        ValueError, match=r"trained with window_size=\[3, 3, 3\], but this network has window_size=\[2, "
+    ):
+        other.load_state_dict(trained.state_dict())
+    same = tiny_net(img_size=(128, 64, 64), window_size=(3, 3, 3))  # another size, the trained window: loads
+    same.load_state_dict(trained.state_dict())
+
+
+def test_checkpoint_window_size(tmp_path):
+    from svreg_monai.bundle_tools import checkpoint_window_size
+
+    net = tiny_net(img_size=(64, 64, 64), window_size=(3, 3, 3))
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    torch.save({"network": net.state_dict(), "optimizer": {}}, tmp_path / "checkpoint_epoch=1.pt")
+    assert checkpoint_window_size(tmp_path / "model.pt", [2, 2, 2]) == [3, 3, 3]
+    assert checkpoint_window_size(tmp_path / "checkpoint_epoch=1.pt", [3, 3, 3]) == [3, 3, 3]
+    assert checkpoint_window_size(tmp_path / "missing.pt", [4, 4, 4]) == [4, 4, 4]  # the loader names it later
+    torch.save({"w": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt holds no relative_position_bias_table"):
+        checkpoint_window_size(tmp_path / "other.pt", [3, 3, 3])
+
+
+def test_checkpoint_window_size_names_an_unreadable_file(tmp_path):
+    from svreg_monai.bundle_tools import checkpoint_window_size
+
+    (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="model.pt could not be read as a PyTorch checkpoint"):
+        checkpoint_window_size(tmp_path / "model.pt", [3, 3, 3])

@@ -32,6 +32,7 @@ Tensors inside the encoder are channel-last, ``(B, *S, C)``; the encoder's input
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -47,6 +48,7 @@ __all__ = [
     "window_partition",
     "window_reverse",
     "relative_position_index",
+    "window_size_from_table",
     "shifted_window_mask",
     "WindowAttention",
     "SwinBlock",
@@ -163,6 +165,44 @@ def shifted_window_mask(
     return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
 
 
+def window_size_from_table(
+    table_rows: int, spatial_dims: int, preferred: Sequence[int] | None = None, max_window: int = 32
+) -> tuple[int, ...]:
+    """The window size of a relative-position bias table with ``table_rows = prod(2 * w_i - 1)`` rows.
+
+    A checkpoint stores the tables, not the window. Several windows can give the same number of rows (e.g. any
+    permutation of one), so ``preferred`` is returned when it fits, else the cubic window when one fits, else the
+    only fitting window.
+
+    Args:
+        table_rows: rows of ``relative_position_bias_table``.
+        spatial_dims: 2 or 3.
+        preferred: the window to return if it fits (e.g. ``image_size // 32``).
+        max_window: largest window extent tried per axis.
+
+    Raises:
+        ValueError: when no window fits, or several fit and none is ``preferred`` or cubic, naming them.
+    """
+    if preferred is not None and _prod([2 * int(w) - 1 for w in preferred]) == table_rows:
+        return tuple(int(w) for w in preferred)
+    fits = [
+        w
+        for w in itertools.product(range(1, max_window + 1), repeat=spatial_dims)
+        if _prod([2 * v - 1 for v in w]) == table_rows
+    ]
+    cubic = [w for w in fits if len(set(w)) == 1]
+    if cubic:
+        return cubic[0]
+    if len(fits) == 1:
+        return fits[0]
+    if not fits:
+        raise ValueError(f"no {spatial_dims}D window of at most {max_window} fits a bias table of {table_rows} rows.")
+    raise ValueError(
+        f"a bias table of {table_rows} rows fits the windows {fits[:6]}{' ...' if len(fits) > 6 else ''}: give the "
+        "window size explicitly."
+    )
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows, with a learned relative-position bias.
 
@@ -208,6 +248,24 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):
+        """Name the window behind a bias table of another size instead of a raw size mismatch."""
+        key = prefix + "relative_position_bias_table"
+        table = state_dict.get(key)
+        own = self.relative_position_bias_table
+        if isinstance(table, torch.Tensor) and table.ndim == 2 and table.shape[0] != own.shape[0]:
+            try:
+                window = f"window_size={list(window_size_from_table(table.shape[0], len(self.window_size)))}"
+            except ValueError as e:
+                window = f"another window ({e})"
+            raise ValueError(
+                f"{key} of the checkpoint has {table.shape[0]} rows, trained with {window}, but this network has "
+                f"window_size={list(self.window_size)} ({own.shape[0]} rows). The window is fixed by the trained "
+                f"weights: build the network with {window.split(' (')[0]} (any input size that is a multiple of 32 "
+                "still runs; in a bundle set `window_size`, or leave it to the checkpoint in inference.json)."
+            )
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         b_, n, c = x.shape
