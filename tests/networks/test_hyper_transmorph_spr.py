@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from network_testing import flat_gradient
 
 from svreg_monai.networks.layers import HyperConv, HyperLinear, ParameterGenerator
 from svreg_monai.networks.nets import (
@@ -198,13 +199,7 @@ def test_bfloat16_hyperizes_the_same_layers_and_gives_finite_gradients(images, o
     moving, fixed = (x[:1] for x in images)
     codes = torch.tensor([[0.3, 0.7]])  # one code for the pair: plain (not grouped) hyper convolutions
 
-    def gradient(model):
-        model.zero_grad()
-        out = model(moving, fixed, codes)
-        (out.ddf.square().mean() + out.weight.mean()).backward()
-        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-
-    expected = gradient(ref)
+    expected = flat_gradient(ref, moving, fixed, codes)
     for _ in range(2):
-        g = gradient(net)
+        g = flat_gradient(net, moving, fixed, codes)
         assert bool(torch.isfinite(g).all()) and (g - expected).norm() <= 0.25 * expected.norm()

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from network_testing import flat_gradient
 
 from svreg_monai.networks import DDFOnly, RegistrationOutput, TransMorphTVFSPR, convert_reference_checkpoint
 from svreg_monai.networks.convert import REFERENCE_DROPPED_PATTERNS
@@ -303,14 +304,8 @@ class TestMixedPrecision:
         net = tiny_net(img_size=size, drop_path_rate=0.0, mixed_precision="bfloat16")
         net.load_state_dict(ref.state_dict())
 
-        def gradient(model):
-            model.zero_grad()
-            out = model(moving, fixed)
-            (out.ddf.square().mean() + out.weight.mean()).backward()
-            return torch.cat([p.grad.flatten() for p in model.parameters()])
-
-        expected = gradient(ref)
-        grads = [gradient(net) for _ in range(3)]
+        expected = flat_gradient(ref, moving, fixed)
+        grads = [flat_gradient(net, moving, fixed) for _ in range(3)]
         for g in grads:
             assert bool(torch.isfinite(g).all())
             assert (g - expected).norm() <= 0.25 * expected.norm()
