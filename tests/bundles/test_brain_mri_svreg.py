@@ -55,8 +55,9 @@ def test_train_writes_into_its_run_folder_not_over_the_shipped_weights(trained):
     assert list((run / "logs").glob("events.out.tfevents.*"))
     assert (root / "models" / "model.pt").read_bytes() == (BUNDLE / "models" / "model.pt").read_bytes()
     assert sorted(p.name for p in (root / "models").iterdir()) == ["model.pt"] and not (root / "logs").exists()
-    for name in ("val_mean_dice", "val_identity_dice", "val_ndv", "train_similarity", "train_prior"):
+    for name in ("val_mean_dice", "val_identity_dice", "val_ndv", "train_similarity", "train_prior", "skipped_steps"):
         assert re.search(rf"{name}: -?\d", log), name
+    assert "Iter:" not in log  # the progress bar alone reports iterations (no per-iteration INFO line beside it)
 
 
 def test_evaluate_and_infer_write_outputs_with_input_affine(trained):
