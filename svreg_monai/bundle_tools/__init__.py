@@ -87,14 +87,20 @@ def checkpoint_window_size(path: str | os.PathLike, default: Sequence[int]) -> l
     ``"network"``/``"model"`` entry) and returns the window that fits it, ``default`` when that fits (see
     :func:`~svreg_monai.networks.blocks.swin_encoder.window_size_from_table`).
 
+    The table's size does not tell the axes apart: a non-cubic window (e.g. the IXI model's 5 x 6 x 7) is returned
+    as ``default`` whenever ``default`` is one of its permutations, so when the axes of ``image_size`` are reordered
+    against training, give ``window_size`` explicitly. Loading weights of a window with another table size stops
+    with an error naming the trained window (``WindowAttention``).
+
     Args:
-        path: the checkpoint file. When it does not exist, ``default`` is returned and the checkpoint loader of
-            the config reports the missing file.
+        path: the checkpoint file. When it does not exist, cannot be read or holds no bias table (a config parsed
+            outside its bundle folder, say), ``default`` is returned (with a warning for the last two); a
+            checkpoint loader of the config then reports the file itself.
         default: the window to use without a checkpoint (``image_size // 32``); its length is the number of
             spatial dimensions.
 
     Raises:
-        ValueError: when the checkpoint has no bias table, or no window fits it.
+        ValueError: when no window fits the checkpoint's bias table.
     """
     default = [int(w) for w in default]
     if not os.path.isfile(path):
@@ -102,13 +108,17 @@ def checkpoint_window_size(path: str | os.PathLike, default: Sequence[int]) -> l
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path} could not be read as a PyTorch checkpoint ({type(e).__name__}: {e}).") from e
+        logger.warning(f"{path} could not be read as a PyTorch checkpoint ({type(e).__name__}: {e}); window {default}.")
+        return default
     for key in ("network", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    tables = [v for k, v in state.items() if k.endswith("relative_position_bias_table")]
+    tables = (
+        [v for k, v in state.items() if k.endswith("relative_position_bias_table")] if isinstance(state, dict) else []
+    )
     if not tables:
-        raise ValueError(f"{path} holds no relative_position_bias_table: is it a TM-SPR checkpoint?")
+        logger.warning(f"{path} holds no relative_position_bias_table (not a TM-SPR checkpoint?); window {default}.")
+        return default
     return list(window_size_from_table(int(tables[0].shape[0]), len(default), preferred=default))
 
 

@@ -32,7 +32,8 @@ class SkipNonFiniteGradients:
     (Adam's moments and step counts are left as they were, not decayed by a zero gradient). Each skip is counted in
     ``engine.state.metrics[metric_name]`` (logged by MONAI's ``StatsHandler``/``TensorBoardStatsHandler`` with the
     epoch's metrics) and reported by a warning naming the iteration and the first offending parameters. With MONAI's
-    ``amp=True`` and a gradient scaler the scaler skips such steps itself and this handler stands aside. With gradient
+    ``amp=True`` and an enabled gradient scaler (CUDA) the scaler skips such steps itself and this handler stands
+    aside. With gradient
     accumulation, the micro-batches accumulated so far are dropped with the bad one.
 
     Args:
@@ -77,8 +78,9 @@ class SkipNonFiniteGradients:
         return list(engine.network.named_parameters())  # type: ignore[attr-defined]
 
     def __call__(self, engine: Engine) -> None:
-        if getattr(engine, "amp", False) and getattr(engine, "scaler", None) is not None:
-            return  # the gradient scaler skips non-finite steps
+        scaler = getattr(engine, "scaler", None)
+        if getattr(engine, "amp", False) and scaler is not None and scaler.is_enabled():
+            return  # the gradient scaler skips non-finite steps (a scaler without CUDA is disabled and skips nothing)
         named = [(n, p) for n, p in self._named_parameters(engine) if p.grad is not None]
         if not named:
             return
@@ -106,7 +108,8 @@ class SkipNonFiniteGradients:
             )
 
     def state_dict(self) -> dict[str, Any]:
-        """The skip count, for checkpoints (resume keeps counting)."""
+        """The skip count, so that the handler can join a checkpoint's ``save_dict`` (the bundle's configs do not put
+        it there: a resumed run counts from 0)."""
         return {"skipped": self.skipped}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

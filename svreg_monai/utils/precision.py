@@ -18,16 +18,17 @@ therefore cast 16-bit inputs up with :func:`to_float32`. Nothing more is needed,
 sampling, interpolation, elementwise arithmetic, sigmoid/softplus) are not in autocast's lower-precision lists, so
 on float32 inputs they compute in float32 under autocast too (a test checks this for the CPU).
 
-Convolutions need one more guard on CPU. PyTorch's oneDNN bfloat16 convolution (PyTorch 2.13, seen on an Intel Xeon
-and an AMD EPYC with AVX512-BF16 and no AMX) computes wrong weight gradients (values up to 1e38, inf, NaN, or wrong by
-about 100 %) and can corrupt the heap when an output axis of the convolution is shorter than its kernel: a 3x3x3
-convolution on a map of depth 2, or a stride-2 convolution whose output has an axis of 1 or 2. With one thread every
-such run is wrong; with more threads some runs are. The forward pass and the input gradient are right. The networks'
-``mixed_precision="bfloat16"`` therefore guards their convolutions (:func:`guard_bfloat16_convolutions`;
-:func:`guarded_convolution` for functional calls): the flagged ones (:func:`bfloat16_conv_needs_float32`) run in
-float32, which costs next to nothing because such maps are tiny. ``benchmarks/scan_bf16_conv_gradients.py`` maps the
-failing cases on a given CPU and checks that the rule flags all of them. A second line of defence for training is
-:class:`~svreg_monai.handlers.SkipNonFiniteGradients`, which skips any optimiser step whose gradients are not finite.
+Convolutions need one more guard on CPU. PyTorch's oneDNN bfloat16 convolution (PyTorch 2.13; measured on an Intel Xeon
+with AVX512-BF16 and no AMX, first reported on an AMD EPYC of the same kind) computes wrong weight gradients (values up
+to 1e38, inf, NaN, or wrong by about 100 %) and can corrupt the heap when an output axis of the convolution is shorter
+than its kernel: a 3x3x3 convolution on a map of depth 2, or a stride-2 convolution whose output has an axis of 1 or 2.
+With one thread every such run is wrong; with more threads some runs are. The forward pass and the input gradient are
+right. The networks' ``mixed_precision="bfloat16"`` therefore guards their convolutions
+(:func:`guard_bfloat16_convolutions`; :func:`guarded_convolution` for functional calls): the flagged ones
+(:func:`bfloat16_conv_needs_float32`) run in float32, which costs next to nothing because such maps are tiny.
+``benchmarks/scan_bf16_conv_gradients.py`` maps the failing cases on a given CPU and checks that the rule flags all of
+them. A second line of defence for training is :class:`~svreg_monai.handlers.SkipNonFiniteGradients`, which skips any
+optimiser step whose gradients are not finite.
 """
 
 from __future__ import annotations
@@ -250,7 +251,8 @@ def guard_bfloat16_convolutions(module: nn.Module) -> nn.Module:
     ``torch.nn.utils.parametrize`` does), so parameters, buffers, state-dict keys and hooks stay as they are. The
     decision depends on the input's shape only, so gradient-checkpoint recomputation makes the same one. Networks
     with ``mixed_precision="bfloat16"`` call this themselves; call it on your own model before running it under
-    ``torch.autocast("cpu", dtype=torch.bfloat16)``.
+    ``torch.autocast("cpu", dtype=torch.bfloat16)``. The guard is for float32 parameters under autocast: a model
+    converted to bfloat16 (``model.bfloat16()``) is not covered.
 
     Args:
         module: any module.

@@ -36,7 +36,9 @@ class _PoisonedLoss(torch.nn.Module):
         return torch.nn.functional.mse_loss(pred, target)
 
 
-def _run(bad_iterations, iterations=4, value=float("nan"), optimizer=torch.optim.Adam, **kwargs):
+def _run(
+    bad_iterations, iterations=4, value=float("nan"), optimizer=torch.optim.Adam, handler=True, amp=False, **kwargs
+):
     torch.manual_seed(0)
     net = torch.nn.Linear(3, 1)
     opt = optimizer(net.parameters(), lr=0.1)
@@ -48,9 +50,11 @@ def _run(bad_iterations, iterations=4, value=float("nan"), optimizer=torch.optim
         network=net,
         optimizer=opt,
         loss_function=_PoisonedLoss(bad_iterations, value),
+        amp=amp,
     )
-    handler = SkipNonFiniteGradients(**kwargs)
-    handler.attach(trainer)
+    handler = SkipNonFiniteGradients(**kwargs) if handler else None
+    if handler is not None:
+        handler.attach(trainer)
     snapshots = []
     trainer.add_event_handler(
         Events.ITERATION_COMPLETED, lambda e: snapshots.append([p.detach().clone() for p in net.parameters()])
@@ -81,10 +85,18 @@ def test_skipped_step_leaves_adam_state_untouched():
 
 def test_finite_training_is_unchanged():
     _, handler, net, _, _ = _run(set())
-    torch.manual_seed(0)
-    ref = torch.nn.Linear(3, 1)
+    _, _, plain, _, _ = _run(set(), handler=False)
     assert handler.skipped == 0
-    assert not torch.equal(ref.weight, net.weight)  # trained
+    for p, q in zip(net.parameters(), plain.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)  # the same steps as without the handler
+    torch.manual_seed(0)
+    assert not torch.equal(torch.nn.Linear(3, 1).weight, net.weight)  # and it did train
+
+
+def test_amp_without_cuda_is_still_guarded():
+    # MONAI's amp=True has no active gradient scaler on CPU, so the handler does the skipping
+    trainer, handler, net, _, _ = _run({2}, amp=True)
+    assert handler.skipped == 1 and all(torch.isfinite(p).all() for p in net.parameters())
 
 
 def test_consecutive_skips_raise():

@@ -476,14 +476,22 @@ def test_checkpoint_window_size(tmp_path):
     assert checkpoint_window_size(tmp_path / "model.pt", [2, 2, 2]) == [3, 3, 3]
     assert checkpoint_window_size(tmp_path / "checkpoint_epoch=1.pt", [3, 3, 3]) == [3, 3, 3]
     assert checkpoint_window_size(tmp_path / "missing.pt", [4, 4, 4]) == [4, 4, 4]  # the loader names it later
-    torch.save({"w": torch.zeros(1)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="other.pt holds no relative_position_bias_table"):
-        checkpoint_window_size(tmp_path / "other.pt", [3, 3, 3])
+    with pytest.raises(ValueError, match="no 3D window"):  # a table no window fits
+        torch.save({"a.relative_position_bias_table": torch.zeros(2, 1)}, tmp_path / "bad.pt")
+        checkpoint_window_size(tmp_path / "bad.pt", [3, 3, 3])
 
 
-def test_checkpoint_window_size_names_an_unreadable_file(tmp_path):
+def test_checkpoint_window_size_of_a_foreign_file_is_the_default_with_a_warning(tmp_path, caplog):
+    # e.g. a config parsed outside its bundle folder finds another ./models/model.pt: the window falls back to the
+    # default and whatever loads the checkpoint reports the file
+    import logging
+
     from svreg_monai.bundle_tools import checkpoint_window_size
 
     (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="model.pt could not be read as a PyTorch checkpoint"):
-        checkpoint_window_size(tmp_path / "model.pt", [3, 3, 3])
+    torch.save({"w": torch.zeros(1)}, tmp_path / "other.pt")
+    with caplog.at_level(logging.WARNING, logger="svreg_monai"):
+        assert checkpoint_window_size(tmp_path / "model.pt", [3, 3, 3]) == [3, 3, 3]
+        assert checkpoint_window_size(tmp_path / "other.pt", [2, 2, 2]) == [2, 2, 2]
+    assert "model.pt could not be read as a PyTorch checkpoint" in caplog.text
+    assert "other.pt holds no relative_position_bias_table" in caplog.text

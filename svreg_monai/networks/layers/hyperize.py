@@ -52,11 +52,11 @@ HYPERIZABLE_TYPES: dict[type, type] = {
     nn.ConvTranspose3d: HyperConvTranspose,
     nn.Linear: HyperLinear,
 }
-HYPERIZABLE_TYPES.update({guarded: HYPERIZABLE_TYPES[plain] for plain, guarded in GUARDED_CONVOLUTIONS.items()})
 """Exact layer types that are converted, and their hyper counterparts (the convolutions of a bfloat16 network, see
 :func:`~svreg_monai.utils.precision.guard_bfloat16_convolutions`, included). Other subclasses (e.g. the output
 projection of ``nn.MultiheadAttention``, whose weight is read directly rather than through ``forward``) are left
 unchanged."""
+HYPERIZABLE_TYPES.update({guarded: HYPERIZABLE_TYPES[plain] for plain, guarded in GUARDED_CONVOLUTIONS.items()})
 
 LayerSelector = Union[str, Sequence[str], Callable[[str, nn.Module], bool], None]
 
