@@ -396,28 +396,29 @@ class RegistrationResultWriter:
         self.summary = {}
         summaries: list[dict[str, Any]] = []
         if rows:
-            if identity_rows:
-                identity: dict[str, Any] = {"pair": "identity", "moving": "", "fixed": ""}
-                for key in fieldnames[3:]:
-                    values = [row.get(key, float("nan")) for row in identity_rows]
-                    identity[key] = 0.0 if key in ("ndp", "ndv", "sd_log_j") else _nanmean(values)
+            if identity_rows:  # the identity transform has no folding and no volume change: its Jacobian metrics are 0
+                identity = _column_means("identity", identity_rows, fieldnames[3:])
+                identity.update({k: 0.0 for k in ("ndp", "ndv", "sd_log_j") if k in identity})
                 summaries.append(identity)
-            summary: dict[str, Any] = {"pair": "mean", "moving": "", "fixed": ""}
-            for key in fieldnames[3:]:
-                summary[key] = _nanmean([row.get(key, float("nan")) for row in rows])
-            self.summary = summary
-            summaries.append(summary)
+            self.summary = _column_means("mean", rows, fieldnames[3:])
+            summaries.append(self.summary)
         if not write:
             return None
         if not rows:
             logger.warning("RegistrationResultWriter: no pair was written; %s has a header only.", self.csv_name)
             return write_csv(path, [], fieldnames)
         written = write_csv(path, [*rows, *summaries], fieldnames)
-        logger.info(summary_table(summaries, fieldnames[3:], f"{len(rows)} pair(s), table {written}"))
+        logger.info(_summary_table(summaries, fieldnames[3:], f"{len(rows)} pair(s), table {written}"))
         return written
 
 
-def summary_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str) -> str:
+def _column_means(name: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> dict[str, Any]:
+    """A summary row named ``name``: the mean of each column over ``rows``, NaN (and missing entries) skipped."""
+    means = {c: _nanmean([row.get(c, float("nan")) for row in rows]) for c in columns}
+    return {"pair": name, "moving": "", "fixed": "", **means}
+
+
+def _summary_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str) -> str:
     """A plain-text table of ``rows`` (their ``pair`` entry first, then ``columns``, 4 decimals), under ``title``."""
     header = ["", *columns]
     lines = [[str(row.get("pair", ""))] + [f"{float(row.get(c, float('nan'))):.4f}" for c in columns] for row in rows]
