@@ -270,6 +270,10 @@ class HyperTransMorphTVFSPR(HyperConditionedNetwork):
         """``(alpha, lambda_max)`` -> ``(B, 2)`` codes with this model's ranges."""
         return hyperparameters_to_codes(alpha, lambda_max, self.alpha_range, self.lambda_range, extrapolate)
 
+    def inverse_ddf(self, velocity: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
+        """Inverse displacement from an output's ``velocity`` (``TransMorphTVFSPR.inverse_ddf``; needs no codes)."""
+        return self.network.inverse_ddf(velocity, spatial_size)
+
     def forward(  # type: ignore[override]
         self, moving: torch.Tensor, fixed: torch.Tensor, hyper: torch.Tensor, extrapolate: bool = False
     ) -> RegistrationOutput:

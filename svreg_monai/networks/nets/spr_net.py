@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -210,6 +211,24 @@ class SpatiallyVaryingRegistrationNet(nn.Module):
                 f"{tuple(pair.shape)}, got {tuple(features.shape)}."
             )
         return self.feature_act(features)
+
+    def inverse_ddf(self, velocity: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
+        """Displacement of the inverse transform, ``exp(-v)`` of the output's stationary ``velocity``.
+
+        Args:
+            velocity: ``(B, N, *S')`` the ``velocity`` of a :class:`RegistrationOutput` of this network.
+            spatial_size: the input size ``S`` (the field is resized to it with ``half_resolution``).
+
+        Returns:
+            ``(B, N, *S)`` displacement in voxels of the input grid.
+
+        Raises:
+            ValueError: when the network integrates nothing (``integration_steps=0``).
+        """
+        if self.integrator is None:
+            raise ValueError("inverse_ddf needs scaling and squaring (integration_steps > 0); this network has 0.")
+        ddf = self.integrator.inverse(to_float32(velocity))
+        return resize_ddf(ddf, size=spatial_size) if tuple(ddf.shape[2:]) != tuple(spatial_size) else ddf
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> RegistrationOutput:
         """

@@ -30,7 +30,7 @@ from svreg_monai.blocks.resize import resize_ddf
 from svreg_monai.networks.blocks.swin_encoder import SwinEncoder
 from svreg_monai.networks.blocks.weight_head import WEIGHT_PRIORS, RegularizationWeightHead
 from svreg_monai.networks.nets.outputs import RegistrationOutput
-from svreg_monai.utils.precision import autocast, check_mixed_precision, guard_bfloat16_convolutions
+from svreg_monai.utils.precision import autocast, check_mixed_precision, guard_bfloat16_convolutions, to_float32
 from svreg_monai.utils.validation import check_flag, check_spatial_dims, check_tensor
 
 __all__ = ["TransMorphDecoderBlock", "TransMorphTVFSPR"]
@@ -308,6 +308,30 @@ class TransMorphTVFSPR(nn.Module):
                 else:
                     conv.weight.normal_(0.0, 1e-5)
                 conv.bias.zero_()
+
+    def inverse_ddf(self, velocity: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
+        """Displacement of the inverse transform, from the negated velocity: ``exp(-v)``.
+
+        ``forward``'s displacement is ``exp(v)`` of the accumulated half-resolution field ``v`` (the ``velocity``
+        of its output), clamped and upsampled to the input; this does the same with ``-v``, so that
+        ``warp(ddf, inverse_ddf) ~ -ddf`` (the maps compose to about the identity) up to interpolation error.
+
+        Args:
+            velocity: ``(B, N, *S')`` the ``velocity`` of a :class:`RegistrationOutput` of this network.
+            spatial_size: the full-resolution input size ``S``.
+
+        Returns:
+            ``(B, N, *S)`` displacement in voxels of the input grid (pull-back, fixed <- moving).
+
+        Raises:
+            ValueError: when the network integrates no stationary field (``integration_steps=0``).
+        """
+        if self.integrator.num_steps == 0:
+            raise ValueError("inverse_ddf needs scaling and squaring (integration_steps > 0); this network has 0.")
+        flow = self.integrator.exponentiate(-to_float32(velocity))
+        if self.max_displacement is not None:
+            flow = torch.clamp(flow, -self.max_displacement, self.max_displacement)
+        return resize_ddf(flow, size=spatial_size)
 
     def _check_inputs(self, moving: torch.Tensor, fixed: torch.Tensor) -> None:
         n = self.spatial_dims

@@ -1,0 +1,35 @@
+# Copyright (c) svreg-monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Applications: code that knows files, folders and bundles (the core packages import nothing from here)."""
+
+from __future__ import annotations
+
+from .pair_registration import (
+    DeformableResult,
+    NetworkStage,
+    PairRegistrationResult,
+    RegistrationMode,
+    load_checked_image,
+    load_network,
+    register_pair,
+    summarize_result,
+)
+
+__all__ = [
+    "DeformableResult",
+    "NetworkStage",
+    "PairRegistrationResult",
+    "RegistrationMode",
+    "load_checked_image",
+    "load_network",
+    "register_pair",
+    "summarize_result",
+]
