@@ -11,8 +11,11 @@
 """Intensity-based affine registration of two images in world coordinates (multi-resolution, torch).
 
 Why our own and not ITK's ``ImageRegistrationMethodv4``: both images stay on their own grids (no resampling of the
-moving image before the search), the similarity is the package's, and it was faster and as accurate on the real
-brain pairs of ``benchmarks/bench_affine_prealignment.py``, which compares the two.
+moving image before the search) and the similarity is the package's. On the real brain pairs of
+``benchmarks/bench_affine_prealignment.py`` (1 thread; skull-stripped or masked images) it was as accurate or better
+(mean tissue Dice 0.539 vs 0.506 over three pairs), about 3x faster (3 s vs 5-20 s), and insensitive to a random
+±15° / ±20 mm / ±10 % start (0.1 mm vs 5-12 mm). Both images must show the same thing: a skull-stripped moving
+image against a fixed image with skull is stretched to the head (give masks).
 """
 
 from __future__ import annotations
