@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
+from nibabel.orientations import aff2axcodes
 
 from svreg_monai.utils import RegistrationKeys
 
@@ -61,7 +62,10 @@ class CheckRegistrationPaird(MapTransform):
 
     - every image and label has a channel dimension first, shape ``(C, *S)`` with ``len(S) == spatial_dims``,
       labels with ``C == 1``, images with ``C == image_channels`` (a 4D file of several volumes is named as such);
-    - moving, fixed and label images have the same spatial shape ``S``;
+    - moving, fixed and label images have the same spatial shape ``S`` and, when they carry affines (MONAI
+      ``MetaTensor``), the same affine: the datalist workflows register by voxel index, so a LAS copy of a RAS
+      image, or another voxel size, would silently register a mirrored or stretched image (resample by the
+      headers first, or register the pair with the bundle's ``configs/register.json``);
     - images hold finite values;
     - labels hold whole numbers, all in ``label_values`` (plus the background 0 if ``allow_background``);
     - if ``max_spatial_size`` is given, ``S`` is not larger than it in any dimension.
@@ -79,6 +83,8 @@ class CheckRegistrationPaird(MapTransform):
         divisible_by: the network's sizes must be multiples of this (32 for the TransMorph family); used to check
             ``max_spatial_size`` and to suggest an ``image_size`` in the error message. None to skip.
         allow_missing_keys: if True, image keys may also be missing.
+        check_affines: require the same affine (within ``affine_tolerance`` mm) for every item with one.
+        affine_tolerance: largest difference of an affine entry (millimetres) counted as equal.
 
     Example::
 
@@ -99,8 +105,12 @@ class CheckRegistrationPaird(MapTransform):
         max_spatial_size: Sequence[int] | int | None = None,
         divisible_by: int | None = 32,
         allow_missing_keys: bool = False,
+        check_affines: bool = True,
+        affine_tolerance: float = 1e-3,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.check_affines = bool(check_affines)
+        self.affine_tolerance = float(affine_tolerance)
         if isinstance(label_keys, str) or not isinstance(label_keys, Sequence):
             label_keys = (label_keys,)
         self.label_keys = tuple(label_keys)
@@ -182,11 +192,38 @@ class CheckRegistrationPaird(MapTransform):
             f"{desc} has spatial shape {shape}, larger than the network's input size {self.max_spatial_size}. The "
             f"network's sizes must be multiples of {self.divisible_by or 32}, and smaller images are zero-padded by "
             f"the bundle's RegistrationInferer: set `image_size` in the config to a multiple of "
-            f"{self.divisible_by or 32} at least as large as the image{hint}."
+            f"{self.divisible_by or 32} at least as large as the image{hint} (the trained weights run at any such "
+            "size), or register the pair with configs/register.json, which resamples it to the model's voxel size."
+        )
+
+    def _same_affine(self, reference: list[tuple[str, np.ndarray]], desc: str, value: Any) -> None:
+        affine = getattr(value, "affine", None) if isinstance(value, MetaTensor) else None
+        if not self.check_affines or affine is None:
+            return
+        a = np.asarray(affine, dtype=np.float64)
+        if not reference:
+            reference.append((desc, a))
+            return
+        ref_desc, ref = reference[0]
+        if a.shape == ref.shape and np.allclose(a, ref, atol=self.affine_tolerance, rtol=0):
+            return
+        n = a.shape[0] - 1
+
+        def grid(m: np.ndarray) -> str:
+            codes = "".join(aff2axcodes(m)) if n == 3 else "?"
+            sizes = np.linalg.norm(m[:n, :n], axis=0).round(3).tolist()
+            return f"orientation {codes}, voxel size {sizes} mm, origin {m[:n, n].round(2).tolist()}"
+
+        raise ValueError(
+            f"{desc} and {ref_desc} are on different grids ({grid(a)} vs {grid(ref)}). These workflows register by "
+            "voxel index, which would register a mirrored, rotated or stretched image: resample both onto one grid "
+            "first, or register the pair with the bundle's configs/register.json (it resamples by the headers), or "
+            "set check_affines=False if the headers are wrong and the arrays are aligned."
         )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Mapping[Hashable, Any]:
         reference: tuple[str, tuple[int, ...]] | None = None
+        affines: list[tuple[str, np.ndarray]] = []
 
         def same_shape(desc: str, shape: tuple[int, ...]) -> None:
             nonlocal reference
@@ -207,6 +244,7 @@ class CheckRegistrationPaird(MapTransform):
             desc = _describe(key, data[key], "image")
             self._check_shape(x, desc, label=False)
             same_shape(desc, tuple(x.shape[1:]))
+            self._same_affine(affines, desc, data[key])
             if x.is_floating_point() and not bool(torch.isfinite(x).all()):
                 n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
                 raise ValueError(f"{desc} contains non-finite values ({n_nan} NaN, {n_inf} Inf).")
@@ -218,5 +256,6 @@ class CheckRegistrationPaird(MapTransform):
             desc = _describe(key, data[key])
             self._check_shape(x, desc, label=True)
             same_shape(desc, tuple(x.shape[1:]))
+            self._same_affine(affines, desc, data[key])
             self._check_labels(x, desc)
         return data

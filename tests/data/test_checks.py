@@ -155,3 +155,33 @@ def test_constructor_errors(kwargs, pattern):
 def test_missing_images_allowed_when_requested():
     d = {K.FIXED: tensor("sub.nii.gz")}
     assert CheckRegistrationPaird(allow_missing_keys=True)(d) is d
+
+
+def _on_grid(affine: np.ndarray, name: str, label: bool = False) -> MetaTensor:
+    x = torch.randint(0, 3, (1, 8, 8, 8)).float() if label else torch.rand(1, 8, 8, 8)
+    return MetaTensor(x, affine=torch.as_tensor(affine), meta={"filename_or_obj": name})
+
+
+def test_images_on_different_grids_are_named():
+    """A LAS copy of a RAS image (same shape) would be registered as a mirror image: it is an error."""
+    ras = np.diag([2.0, 2.0, 2.0, 1.0])
+    las = ras.copy()
+    las[0, 0], las[0, 3] = -2.0, 14.0
+    item = {K.MOVING: _on_grid(las, "m_las.nii.gz"), K.FIXED: _on_grid(ras, "f.nii.gz")}
+    with pytest.raises(ValueError, match=r"different grids") as info:
+        CheckRegistrationPaird()(item)
+    for part in ("'m_las.nii.gz'", "'f.nii.gz'", "orientation LAS", "orientation RAS", "configs/register.json"):
+        assert part in str(info.value)
+    assert CheckRegistrationPaird(check_affines=False)(item) is item
+    # a label on another voxel size than its image
+    item = {
+        K.MOVING: _on_grid(ras, "m.nii.gz"),
+        K.FIXED: _on_grid(ras, "f.nii.gz"),
+        K.MOVING_LABEL: _on_grid(np.diag([1.0, 1.0, 1.0, 1.0]), "m_seg.nii.gz", label=True),
+    }
+    with pytest.raises(ValueError, match=r"m_seg.nii.gz.*different grids.*voxel size \[1.0, 1.0, 1.0\]"):
+        CheckRegistrationPaird()(item)
+    item[K.MOVING_LABEL] = _on_grid(
+        ras + 1e-5 * np.triu(np.ones((4, 4)), 1) * (np.arange(4) < 3)[:, None], "ok.nii.gz", True
+    )
+    assert CheckRegistrationPaird()(item) is item  # within the tolerance
