@@ -38,6 +38,8 @@ NIfTI outputs uses the RAS world of the NIfTI headers (see :mod:`svreg_monai.uti
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import inspect
 import os
 import platform
 import secrets
@@ -52,6 +54,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from monai.data import MetaTensor
+from monai.metrics import compute_dice
 from monai.transforms import DivisiblePad, LoadImage, Orientation, ScaleIntensityRangePercentiles, Spacing
 from monai.utils import StrEnum, look_up_option
 
@@ -66,7 +69,15 @@ from svreg_monai.utils.itk_io import (
     write_itk_image,
     write_itk_transform,
 )
-from svreg_monai.utils.world import check_affine, ddf_to_world, resample_through
+from svreg_monai.utils.validation import check_flag
+from svreg_monai.utils.world import (
+    check_affine,
+    ddf_to_world,
+    resample_through,
+    sample_at_world_points,
+    transform_points,
+    world_coordinates,
+)
 
 __all__ = [
     "DeformableResult",
@@ -128,9 +139,16 @@ class NetworkStage:
         codes: ``(2,)`` hyperparameter codes in [0, 1] for a hyper-conditioned network (required for one, refused
             otherwise).
         device: where to run it.
+        extrapolate: accept codes outside [0, 1] (outside the range the hyper network was trained on).
     """
 
-    def __init__(self, network: nn.Module, codes: Sequence[float] | None = None, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        network: nn.Module,
+        codes: Sequence[float] | None = None,
+        device: str | torch.device = "cpu",
+        extrapolate: bool = False,
+    ):
         if not isinstance(network, nn.Module):
             raise ValueError(f"network must be a torch.nn.Module, got {type(network).__name__}.")
         if not callable(getattr(network, "inverse_ddf", None)):
@@ -144,9 +162,19 @@ class NetworkStage:
             raise ValueError("the network is hyper-conditioned: give its codes (b, r) in [0, 1], e.g. [0.5, 0.5].")
         if not hyper and codes is not None:
             raise ValueError(f"codes {list(codes)} were given but network {type(network).__name__} takes none.")
+        self.extrapolate = check_flag(extrapolate, "extrapolate")
+        if codes is not None:
+            values = torch.as_tensor(codes, dtype=torch.float32).reshape(-1)
+            if values.numel() != 2 or not torch.isfinite(values).all():
+                raise ValueError(f"codes must be two finite numbers (b, r), got {codes!r}.")
+            if not self.extrapolate and ((values < 0) | (values > 1)).any():
+                raise ValueError(
+                    f"codes {values.tolist()} are outside [0, 1], the range the hyper network was trained on; "
+                    "pass extrapolate=True to use them anyway."
+                )
         self.network = network
         self.device = torch.device(device)
-        self.codes = None if codes is None else torch.as_tensor([float(c) for c in codes]).reshape(1, -1)
+        self.codes = None if codes is None else values.reshape(1, 2)
 
     @torch.no_grad()
     def __call__(self, moving: torch.Tensor, fixed: torch.Tensor) -> DeformableResult:
@@ -156,9 +184,11 @@ class NetworkStage:
         info: dict[str, Any] = {"network": type(self.network).__name__}
         if self.codes is not None:
             codes = self.codes.to(self.device)
-            out = self.network(moving, fixed, codes)
+            out = self.network(moving, fixed, codes, extrapolate=self.extrapolate)
             info["codes"] = self.codes[0].tolist()
-            alpha, lambda_max = self.network.codes_to_hyperparameters(codes)  # type: ignore[operator]
+            alpha, lambda_max = self.network.codes_to_hyperparameters(  # type: ignore[operator]
+                codes, extrapolate=self.extrapolate
+            )
             info["hyperparameters"] = {"alpha": float(alpha[0]), "lambda_max": float(lambda_max[0])}
         else:
             out = self.network(moving, fixed)
@@ -284,6 +314,7 @@ def load_checked_image(path: str | os.PathLike, role: str, kind: str = "image") 
         )
     if min(shape[1:]) < 2:
         raise ValueError(f"{role} {str(path)!r} has a spatial axis of size < 2: {shape[1:]}.")
+    _check_nifti_forms(path, role)
     check_affine(image.affine, f"the affine (header) of {role} {str(path)!r}", spatial_dims=3)
     data = image.as_tensor()
     if kind == "label":
@@ -302,6 +333,28 @@ def load_checked_image(path: str | os.PathLike, role: str, kind: str = "image") 
     out = image.float()
     out.meta["filename_or_obj"] = str(path)
     return out
+
+
+def _check_nifti_forms(path: Path, role: str) -> None:
+    """A NIfTI whose qform and sform are both set but disagree is read differently by nibabel/MONAI (sform) and by
+    ITK/ANTs (qform): our outputs and theirs would not match. Stop and say how to fix the header."""
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return
+    import nibabel as nib
+
+    try:
+        header = nib.load(str(path)).header
+    except Exception:  # not a NIfTI after all: MONAI read it with another reader
+        return
+    if int(header["qform_code"]) > 0 and int(header["sform_code"]) > 0:
+        qform, sform = header.get_qform(), header.get_sform()
+        if not np.allclose(qform, sform, atol=1e-3):
+            raise ValueError(
+                f"{role} {str(path)!r} has a qform and an sform that disagree (nibabel and MONAI use the sform, ITK "
+                f"and ANTs the qform, so the tools would place the image differently):\nqform\n{qform}\nsform\n"
+                f"{sform}\nmake them agree first, e.g. `fslorient -copysform2qform` or nibabel's "
+                "`img.set_qform(img.get_sform(), code=1)`."
+            )
 
 
 def _check_on_grid(x: MetaTensor, image: MetaTensor, role: str, image_role: str) -> None:
@@ -340,7 +393,12 @@ def _staging(output_dir: Path, overwrite: bool) -> Iterator[Path]:
             )
     try:
         yield stage
-        for item in sorted(stage.iterdir()):
+        written = {item.name for item in stage.iterdir()}
+        for name in OUTPUT_FILES.values():  # outputs of an earlier run that this one does not write
+            if name not in written and (output_dir / name).exists():
+                (output_dir / name).unlink()
+        report = OUTPUT_FILES["report"]
+        for item in sorted(stage.iterdir(), key=lambda p: p.name == report):  # the report last: the run's end mark
             os.replace(item, output_dir / item.name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -378,13 +436,14 @@ def _working_grid(fixed: MetaTensor, spacing: float, size_divisor: int) -> Any:
 def _dice(
     pred: torch.Tensor, target: torch.Tensor, labels: Sequence[int], mask: torch.Tensor | None
 ) -> dict[str, float]:
+    """Dice per label value (MONAI ``compute_dice``, one structure at a time to bound memory) and their mean."""
     out: dict[str, float] = {}
     for v in labels:
         p, t = pred == v, target == v
         if mask is not None:
             p, t = p & mask, t & mask
-        denom = int(p.sum()) + int(t.sum())
-        out[str(v)] = float(2 * int((p & t).sum()) / denom) if denom else float("nan")
+        value = compute_dice(p[None, None].float(), t[None, None].float(), include_background=True, ignore_empty=True)
+        out[str(v)] = float(value)
     values = [d for d in out.values() if not np.isnan(d)]
     out["mean"] = float(np.mean(values)) if values else float("nan")
     return out
@@ -419,6 +478,7 @@ def register_pair(
     moving_mask: str | os.PathLike | None = None,
     fixed_mask: str | os.PathLike | None = None,
     codes: Sequence[float] | None = None,
+    extrapolate: bool = False,
     affine: bool = True,
     spacing: float = 2.0,
     size_divisor: int = 32,
@@ -450,9 +510,11 @@ def register_pair(
         fixed_label: label map of the fixed image (same grid): with ``moving_label``, Dice is reported.
         moving_mask: brain mask of the moving image (same grid): intensities outside it are set to 0.
         fixed_mask: brain mask of the fixed image: intensities outside it are set to 0, and Dice, NDV, NDP and
-            SDlogJ are computed inside it. Give masks when the images are not skull-stripped: the shipped brain
-            model was trained on skull-stripped brains.
+            SDlogJ are computed inside it (without it: Dice on the whole fixed grid, the Jacobian measures on the
+            fixed image's footprint in the working grid, padding excluded). Give masks when the images are not
+            skull-stripped: the shipped brain model was trained on skull-stripped brains.
         codes: ``(b, r)`` codes in [0, 1] of a hyper-conditioned network.
+        extrapolate: accept codes outside [0, 1].
         affine: run the affine pre-alignment (else the images are aligned by their headers only).
         spacing: working voxel size in mm (the model's training resolution: 2 for the shipped brain model).
         size_divisor: the working grid is padded to a multiple of it per axis (32 for TM-SPR).
@@ -476,18 +538,33 @@ def register_pair(
         if value is None or str(value) == "":
             raise ValueError(f"{name} is required (bundle: --{name} PATH), got {value!r}.")
     mode = look_up_option(str(mode), RegistrationMode)
+    affine, figure, overwrite = (
+        check_flag(v, n) for v, n in ((affine, "affine"), (figure, "figure"), (overwrite, "overwrite"))
+    )
     if mode == RegistrationMode.NETWORK and network is None:
         raise ValueError("mode 'network' needs a network (the trained model); use mode='affine' without one.")
-    if not (isinstance(spacing, (int, float)) and spacing > 0):
+    if isinstance(spacing, bool) or not (isinstance(spacing, (int, float)) and spacing > 0):
         raise ValueError(f"spacing must be a positive number of millimetres, got {spacing!r}.")
-    if not (isinstance(size_divisor, int) and size_divisor >= 1):
+    if isinstance(size_divisor, bool) or not (isinstance(size_divisor, int) and size_divisor >= 1):
         raise ValueError(f"size_divisor must be a positive integer, got {size_divisor!r}.")
     lo, hi = (float(p) for p in intensity_percentiles)
     if not 0 <= lo < hi <= 100:
         raise ValueError(f"intensity_percentiles must be 0 <= lower < upper <= 100, got {list(intensity_percentiles)}.")
-    if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+    if num_threads is not None and (
+        isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
+    ):
         raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}.")
-    stage_fn = NetworkStage(network, codes, device) if mode == RegistrationMode.NETWORK else None  # type: ignore
+    affine_options = dict(affine_options or {})
+    allowed = set(inspect.signature(affine_register).parameters) - {"moving", "moving_affine", "fixed", "fixed_affine"}
+    if set(affine_options) - allowed:
+        raise ValueError(f"unknown affine_options {sorted(set(affine_options) - allowed)}; allowed: {sorted(allowed)}.")
+    if figure and importlib.util.find_spec("matplotlib") is None:
+        raise ValueError("figure=True needs matplotlib (pip install 'svreg-monai[bundle]'); or pass figure=False.")
+    stage_fn = (
+        NetworkStage(network, codes, device, extrapolate)  # type: ignore[arg-type]
+        if mode == RegistrationMode.NETWORK
+        else None
+    )
     output_dir = Path(output_dir).expanduser()
 
     timings: dict[str, float] = {}
@@ -513,16 +590,20 @@ def register_pair(
         mov_n = _normalise(mov, mov_mask, (lo, hi))
         fix_n = _normalise(fix, fix_mask, (lo, hi))
         fix_w = _working_grid(fix_n, float(spacing), size_divisor)
-        a_w = np.asarray(fix_w.affine, dtype=np.float64)
-        shape_w = tuple(fix_w.shape[1:])
-        a_m = np.asarray(mov.affine, dtype=np.float64)
+        grid = _Grids(
+            a_m=np.asarray(mov.affine, dtype=np.float64),
+            a_f=np.asarray(fix.affine, dtype=np.float64),
+            a_w=np.asarray(fix_w.affine, dtype=np.float64),
+            shape_f=tuple(fix.shape[1:]),
+            shape_w=tuple(fix_w.shape[1:]),
+        )
         timings["preprocess"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
         matrix = np.eye(4)
-        affine_info: dict[str, Any] = {"enabled": bool(affine)}
+        affine_info: dict[str, Any] = {"enabled": affine}
         if affine:
-            res = affine_register(mov_n, a_m, fix_w, a_w, **dict(affine_options or {}))
+            res = affine_register(mov_n, grid.a_m, fix_w, grid.a_w, **affine_options)
             matrix = res.matrix
             affine_info.update(losses=res.losses, initial_matrix=res.initial_matrix.tolist())
         affine_info["matrix_ras"] = matrix.tolist()
@@ -530,19 +611,18 @@ def register_pair(
         timings["affine"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
-        mov_w = resample_through(mov_n, a_m, a_w, shape_w, matrix=matrix)
+        mov_w = resample_through(mov_n, grid.a_m, grid.a_w, grid.shape_w, matrix=matrix)
         if stage_fn is not None:
             deform = stage_fn(mov_w[None], fix_w.as_tensor()[None])
         else:
-            zero = torch.zeros(1, 3, *shape_w)
+            zero = torch.zeros(1, 3, *grid.shape_w)
             deform = DeformableResult(zero, zero.clone(), None, {})
         timings["deformable"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
-        files = _write_outputs(
-            stage, output_dir, deform, matrix, a_w, shape_w, mov, fix, mov_lab, fix_lab, fix_mask, mov_w, fix_w, figure
+        files, metrics = _write_outputs(
+            stage, output_dir, grid, deform, matrix, mov, fix, mov_lab, fix_lab, fix_mask, mov_w, fix_w, figure
         )
-        metrics = _metrics(deform, a_w, shape_w, fix, mov_lab, fix_lab, fix_mask, matrix, a_m)
         timings["outputs"] = time.perf_counter() - tic
         timings["total"] = time.perf_counter() - started
         report = {
@@ -556,16 +636,19 @@ def register_pair(
             },
             "parameters": {
                 "mode": str(mode),
-                "affine": bool(affine),
+                "affine": affine,
                 "spacing": float(spacing),
                 "size_divisor": size_divisor,
                 "intensity_percentiles": [lo, hi],
-                "affine_options": dict(affine_options or {}),
+                "affine_options": affine_options,
                 "codes": None if codes is None else [float(c) for c in codes],
+                "extrapolate": bool(extrapolate),
                 "num_threads": num_threads if num_threads is not None else torch.get_num_threads(),
                 "device": str(device),
+                "figure": figure,
+                "overwrite": overwrite,
             },
-            "working_grid": {"shape": list(shape_w), "affine_ras": a_w.tolist()},
+            "working_grid": {"shape": list(grid.shape_w), "affine_ras": grid.a_w.tolist()},
             "affine": affine_info,
             "deformable": deform.info,
             "metrics": metrics,
@@ -582,13 +665,23 @@ def register_pair(
     return PairRegistrationResult(output_dir=output_dir, files=files, affine=matrix, report=report)
 
 
+@dataclass(frozen=True)
+class _Grids:
+    """The three grids of a run: moving (``a_m``), fixed (``a_f``, ``shape_f``) and working (``a_w``, ``shape_w``)."""
+
+    a_m: np.ndarray
+    a_f: np.ndarray
+    a_w: np.ndarray
+    shape_f: tuple[int, ...]
+    shape_w: tuple[int, ...]
+
+
 def _write_outputs(
     stage: Path,
     output_dir: Path,
+    grid: _Grids,
     deform: DeformableResult,
     matrix: np.ndarray,
-    a_w: np.ndarray,
-    shape_w: tuple[int, ...],
     mov: MetaTensor,
     fix: MetaTensor,
     mov_lab: MetaTensor | None,
@@ -597,24 +690,28 @@ def _write_outputs(
     mov_w: torch.Tensor,
     fix_w: MetaTensor,
     figure: bool,
-) -> dict[str, Path]:
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Write every output into ``stage`` and compute the metrics; the fixed grid's points are built once."""
     files: dict[str, Path] = {}
-    a_m, a_f = np.asarray(mov.affine, dtype=np.float64), np.asarray(fix.affine, dtype=np.float64)
-    shape_f = tuple(fix.shape[1:])
-    world = ddf_to_world(deform.ddf[0].double(), a_w)
-    world_inv = ddf_to_world(deform.inverse_ddf[0].double(), a_w)
+    a_m, a_f, a_w = grid.a_m, grid.a_f, grid.a_w
+    world = ddf_to_world(deform.ddf[0].float(), a_w)
+    world_inv = ddf_to_world(deform.inverse_ddf[0].float(), a_w)
 
     def put(name: str, write: Any) -> None:
         write(stage / OUTPUT_FILES[name])
         files[name] = output_dir / OUTPUT_FILES[name]
 
-    warped = resample_through(mov.as_tensor(), a_m, a_f, shape_f, matrix=matrix, world_ddf=world, ddf_affine=a_w)
-    put("warped", lambda p: save_nifti(warped, a_f, p, dtype=np.float32))
+    points = world_coordinates(a_f, grid.shape_f)  # (*S_f, 3) float32 world points of the fixed grid
+    mapped = transform_points(points, matrix, world, a_w)
+    warped = sample_at_world_points(mov.as_tensor(), a_m, mapped)
+    save_nifti(warped, a_f, stage / OUTPUT_FILES["warped"], dtype=np.float32)
+    files["warped"] = output_dir / OUTPUT_FILES["warped"]
+    del warped  # the largest arrays are freed as soon as they are written
+    warped_label = None
     if mov_lab is not None:
-        lab = resample_through(
-            mov_lab.as_tensor(), a_m, a_f, shape_f, matrix=matrix, world_ddf=world, ddf_affine=a_w, mode="nearest"
-        )
-        put("warped_label", lambda p: save_nifti(lab.round(), a_f, p, dtype=_label_dtype(mov_lab)))
+        warped_label = sample_at_world_points(mov_lab.as_tensor(), a_m, mapped, mode="nearest").round()
+        put("warped_label", lambda p: save_nifti(warped_label, a_f, p, dtype=_label_dtype(mov_lab)))
+    del mapped
 
     affine_t = itk_affine_transform(matrix)
     inverse_affine_t = itk_affine_transform(np.linalg.inv(matrix))
@@ -627,14 +724,14 @@ def _write_outputs(
     put("inverse_transform", lambda p: write_itk_transform(itk_composite_transform([inverse_affine_t, field_inv]), p))
 
     jac = jacobian_determinant(deform.ddf.double())[0].float()
-    put("jacobian", lambda p: save_nifti(resample_through(jac, a_w, a_f, shape_f, padding_mode="border"), a_f, p))
+    put("jacobian", lambda p: save_nifti(sample_at_world_points(jac, a_w, points, padding_mode="border"), a_f, p))
     if deform.weight is not None:
-        lam = resample_through(deform.weight[0].float(), a_w, a_f, shape_f, padding_mode="border")
+        lam = sample_at_world_points(deform.weight[0].float(), a_w, points, padding_mode="border")
         put("weight", lambda p: save_nifti(lam, a_f, p, dtype=np.float32))
     if figure:
         from svreg_monai.visualize.figures import registration_figure  # matplotlib is imported only when needed
 
-        warped_w = resample_through(mov_w, a_w, a_w, shape_w, world_ddf=world, ddf_affine=a_w)
+        warped_w = resample_through(mov_w, a_w, a_w, grid.shape_w, world_ddf=world, ddf_affine=a_w)
         ddf = deform.ddf[0]
         put(
             "figure",
@@ -649,7 +746,38 @@ def _write_outputs(
                 axis=1,
             ),
         )
-    return files
+
+    # metrics: the Jacobian measures inside the fixed mask, or the fixed image's footprint (no padding)
+    inside = (fix_mask.as_tensor() > 0).float() if fix_mask is not None else torch.ones(1, *grid.shape_f)
+    working_points = world_coordinates(a_w, grid.shape_w)
+    mask_w = sample_at_world_points(inside, a_f, working_points, mode="nearest")[None] > 0.5
+    ddf = deform.ddf.double()
+    nd = non_diffeomorphic_measures(ddf, mask=mask_w)
+    metrics: dict[str, Any] = {
+        "ndv_percent": float(nd.ndv),
+        "ndp_percent": float(nd.ndp),
+        "sd_log_jacobian": float(sd_log_jacobian(ddf, mask=mask_w)),
+        "max_displacement_mm": float(world.norm(dim=0)[mask_w[0, 0]].max()) if mask_w.any() else 0.0,
+        "metrics_within": "fixed mask" if fix_mask is not None else "fixed image footprint",
+    }
+    if deform.weight is not None:
+        w = deform.weight[0, 0][mask_w[0, 0]].float()
+        q = torch.quantile(w[:: max(1, w.numel() // 1_000_000)], torch.tensor([0.05, 0.5, 0.95]))
+        metrics["lambda"] = {"p05": float(q[0]), "median": float(q[1]), "p95": float(q[2])}
+    if warped_label is not None and fix_lab is not None:
+        assert mov_lab is not None
+        target = fix_lab.as_tensor()[0].round().long()
+        labels = sorted(int(v) for v in torch.unique(target).tolist() if v != 0)
+        mask = None if fix_mask is None else fix_mask.as_tensor()[0] > 0
+        moved = {
+            "header": sample_at_world_points(mov_lab.as_tensor(), a_m, points, mode="nearest"),
+            "affine": sample_at_world_points(
+                mov_lab.as_tensor(), a_m, transform_points(points, matrix), mode="nearest"
+            ),
+            "registered": warped_label,
+        }
+        metrics["dice"] = {k: _dice(v[0].round().long(), target, labels, mask) for k, v in moved.items()}
+    return files, metrics
 
 
 def _coronal(x: torch.Tensor) -> torch.Tensor:
@@ -667,49 +795,3 @@ def _lps(world: torch.Tensor) -> torch.Tensor:
 
 def _label_dtype(label: MetaTensor) -> type:
     return np.uint8 if float(label.max()) <= 255 else (np.uint16 if float(label.max()) <= 65535 else np.int32)
-
-
-def _metrics(
-    deform: DeformableResult,
-    a_w: np.ndarray,
-    shape_w: tuple[int, ...],
-    fix: MetaTensor,
-    mov_lab: MetaTensor | None,
-    fix_lab: MetaTensor | None,
-    fix_mask: MetaTensor | None,
-    matrix: np.ndarray,
-    a_m: np.ndarray,
-) -> dict[str, Any]:
-    a_f = np.asarray(fix.affine, dtype=np.float64)
-    shape_f = tuple(fix.shape[1:])
-    mask_w = None
-    if fix_mask is not None:
-        mask_w = resample_through((fix_mask.as_tensor() > 0).float(), a_f, a_w, shape_w, mode="nearest")[None] > 0.5
-    ddf = deform.ddf.double()
-    nd = non_diffeomorphic_measures(ddf, mask=mask_w)
-    metrics: dict[str, Any] = {
-        "ndv_percent": float(nd.ndv),
-        "ndp_percent": float(nd.ndp),
-        "sd_log_jacobian": float(sd_log_jacobian(ddf, mask=mask_w)),
-        "max_displacement_mm": float(ddf_to_world(ddf[0], a_w).norm(dim=0).max()),
-        "metrics_within": "fixed mask" if fix_mask is not None else "working grid",
-    }
-    if deform.weight is not None:
-        w = deform.weight[0, 0]
-        inside = w[mask_w[0, 0]] if mask_w is not None else w.reshape(-1)
-        q = torch.quantile(inside.float()[:: max(1, inside.numel() // 1_000_000)], torch.tensor([0.05, 0.5, 0.95]))
-        metrics["lambda"] = {"p05": float(q[0]), "median": float(q[1]), "p95": float(q[2])}
-    if mov_lab is not None and fix_lab is not None:
-        target = fix_lab.as_tensor()[0].round().long()
-        labels = sorted(int(v) for v in torch.unique(target).tolist() if v != 0)
-        mask = None if fix_mask is None else fix_mask.as_tensor()[0] > 0
-        world = ddf_to_world(ddf[0], a_w)
-        moved = {
-            "header": resample_through(mov_lab.as_tensor(), a_m, a_f, shape_f, mode="nearest"),
-            "affine": resample_through(mov_lab.as_tensor(), a_m, a_f, shape_f, matrix=matrix, mode="nearest"),
-            "registered": resample_through(
-                mov_lab.as_tensor(), a_m, a_f, shape_f, matrix=matrix, world_ddf=world, ddf_affine=a_w, mode="nearest"
-            ),
-        }
-        metrics["dice"] = {k: _dice(v[0].round().long(), target, labels, mask) for k, v in moved.items()}
-    return metrics

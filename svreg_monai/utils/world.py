@@ -40,6 +40,8 @@ __all__ = [
     "sample_at_world_points",
     "ddf_to_world",
     "resample_through",
+    "transform_points",
+    "PADDING_MODES",
 ]
 
 
@@ -123,36 +125,81 @@ def world_to_voxel(points: torch.Tensor, affine: np.ndarray | torch.Tensor) -> t
     return points @ inv[:n, :n].T + inv[:n, n]
 
 
+PADDING_MODES = ("zeros", "border", "reflection", "itk")
+
+
 def sample_at_world_points(
     image: torch.Tensor,
     affine: np.ndarray | torch.Tensor,
     points: torch.Tensor,
     mode: str = "bilinear",
-    padding_mode: str = "zeros",
+    padding_mode: str = "itk",
 ) -> torch.Tensor:
-    """Interpolate a channel-first image at world points (outside the image: ``padding_mode``).
+    """Interpolate a channel-first image at world points.
 
     Args:
         image: ``(C, *S)`` image (``N = len(S)`` in {2, 3}).
         affine: its ``(N+1, N+1)`` voxel-to-world matrix.
         points: ``(*P, N)`` world coordinates in the same world as ``affine`` (``len(P) = N``).
         mode: ``"bilinear"`` (linear in 3D) or ``"nearest"``, as :func:`torch.nn.functional.grid_sample`.
-        padding_mode: ``"zeros"``, ``"border"`` or ``"reflection"``.
+        padding_mode: what lies outside the voxel centres: ``"itk"`` (default) the edge values up to half a voxel
+            beyond the outer centres and 0 further out, as ITK's interpolators and ``IsInsideBuffer`` (so that ITK
+            resampling with our transform files reproduces our results up to the grid's boundary); or
+            :func:`~torch.nn.functional.grid_sample`'s ``"zeros"`` (fading to 0 over the last voxel),
+            ``"border"`` or ``"reflection"``.
 
     Returns:
-        ``(C, *P)`` samples, float (``image``'s dtype if floating, else float32).
+        ``(C, *P)`` samples in ``image``'s dtype if floating, else float32 (the points are used in that dtype).
     """
     n = image.ndim - 1
     if points.shape[-1] != n or points.ndim != n + 1:
         raise ValueError(f"points must have shape (*P, {n}) with {n} grid axes, got {tuple(points.shape)}.")
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}.")
     data = image if image.is_floating_point() else image.float()
     data = data.as_tensor() if hasattr(data, "as_tensor") else data
     vox = world_to_voxel(points.to(data.dtype), affine)
-    size = torch.tensor([max(s - 1, 1) for s in image.shape[1:]], dtype=vox.dtype, device=vox.device)
-    grid = (2.0 * vox / size - 1.0).flip(-1)  # grid_sample wants the last array axis first
-    grid = grid[None].to(data.device)
-    out = F.grid_sample(data[None], grid, mode=mode, padding_mode=padding_mode, align_corners=True)
-    return out[0]
+    shape = torch.tensor(image.shape[1:], dtype=vox.dtype, device=vox.device)
+    grid = (2.0 * vox / (shape - 1).clamp_min(1) - 1.0).flip(-1)  # grid_sample wants the last array axis first
+    pad = "border" if padding_mode == "itk" else padding_mode
+    out = F.grid_sample(data[None], grid[None].to(data.device), mode=mode, padding_mode=pad, align_corners=True)[0]
+    if padding_mode == "itk":
+        inside = ((vox >= -0.5) & (vox < shape - 0.5)).all(dim=-1)  # ITK: [start - 0.5, end + 0.5)
+        out = out * inside.to(out.device, out.dtype)
+    return out
+
+
+def transform_points(
+    points: torch.Tensor,
+    matrix: np.ndarray | None = None,
+    world_ddf: torch.Tensor | None = None,
+    ddf_affine: np.ndarray | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Map world points through a displacement field, then an affine map: ``q = matrix @ (p + d(p))``.
+
+    ``d`` is interpolated linearly on its grid with ITK's boundary rule (edge values up to half a voxel outside,
+    zero beyond), so this is what ITK's ``CompositeTransform([affine, displacement]).TransformPoint`` computes
+    (displacement applied first), in RAS instead of LPS.
+
+    Args:
+        points: ``(*P, N)`` world points (RAS mm).
+        matrix: ``(N+1, N+1)`` world-to-world affine map, identity if None.
+        world_ddf: ``(N, *S_d)`` world displacement in millimetres (see :func:`ddf_to_world`), or None.
+        ddf_affine: voxel-to-world matrix of ``world_ddf``'s grid (required with ``world_ddf``).
+
+    Returns:
+        ``(*P, N)`` mapped points, in ``points``' dtype.
+    """
+    if world_ddf is not None:
+        if ddf_affine is None:
+            raise ValueError("ddf_affine is required with world_ddf.")
+        disp = sample_at_world_points(world_ddf.to(points.dtype), ddf_affine, points)
+        points = points + torch.movedim(disp, 0, -1)
+    if matrix is not None:
+        n = points.shape[-1]
+        m = torch.as_tensor(check_affine(matrix, "matrix", spatial_dims=n), dtype=points.dtype)
+        points = points @ m[:n, :n].T + m[:n, n]
+    return points
 
 
 def ddf_to_world(ddf: torch.Tensor, affine: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -165,11 +212,14 @@ def ddf_to_world(ddf: torch.Tensor, affine: np.ndarray | torch.Tensor) -> torch.
     Returns:
         the world displacement ``A[:N, :N] @ u`` with the shape of ``ddf`` (channel ``i`` = world axis ``i``).
     """
-    batched = ddf.ndim >= 4 and ddf.shape[1] == ddf.ndim - 2
+    a = torch.as_tensor(affine)
+    n = a.shape[-1] - 1
+    if ddf.ndim not in (n + 1, n + 2) or ddf.shape[ddf.ndim - n - 1] != n:
+        raise ValueError(
+            f"ddf must have shape (B, {n}, *S) or ({n}, *S) for a ({n + 1}, {n + 1}) affine, got {tuple(ddf.shape)}."
+        )
+    batched = ddf.ndim == n + 2
     x = ddf if batched else ddf[None]
-    n = x.shape[1]
-    if x.ndim != n + 2:
-        raise ValueError(f"ddf must have shape (B, N, *S) or (N, *S) with N spatial axes, got {tuple(ddf.shape)}.")
     lin = torch.as_tensor(check_affine(affine, spatial_dims=n)[:n, :n], dtype=x.dtype, device=x.device)
     out = torch.einsum("ij,bj...->bi...", lin, x)
     return out if batched else out[0]
@@ -184,14 +234,14 @@ def resample_through(
     world_ddf: torch.Tensor | None = None,
     ddf_affine: np.ndarray | torch.Tensor | None = None,
     mode: str = "bilinear",
-    padding_mode: str = "zeros",
+    padding_mode: str = "itk",
 ) -> torch.Tensor:
     """Resample ``image`` onto a target grid through a deformable and an affine world transform, in one interpolation.
 
-    For every target voxel centre ``p`` (world): ``p' = p + d(p)`` with ``d`` the world displacement field
-    ``world_ddf`` interpolated linearly on its grid (zero outside it, as ITK's ``DisplacementFieldTransform``),
-    then ``q = matrix @ p'``, and the output is ``image(q)``. This is ITK's ``ResampleImageFilter`` with the
-    composite transform ``[affine, displacement]`` (displacement applied first), in RAS instead of LPS.
+    For every target voxel centre ``p`` (world) the output is ``image(q)`` with ``q`` from :func:`transform_points`.
+    With the default ``padding_mode="itk"`` this is ITK's ``ResampleImageFilter`` with the composite transform
+    ``[affine, displacement]`` (displacement applied first) and a linear (or nearest-neighbour) interpolator, in
+    RAS instead of LPS.
 
     Args:
         image: ``(C, *S_in)`` image to resample.
@@ -202,21 +252,13 @@ def resample_through(
         world_ddf: ``(N, *S_d)`` world displacement in millimetres (see :func:`ddf_to_world`), or None.
         ddf_affine: voxel-to-world matrix of ``world_ddf``'s grid (required with ``world_ddf``).
         mode: ``"bilinear"`` or ``"nearest"`` (labels).
-        padding_mode: value outside ``image``: ``"zeros"``, ``"border"`` or ``"reflection"``.
+        padding_mode: value outside ``image``, see :func:`sample_at_world_points`.
 
     Returns:
-        ``(C, *target_shape)`` resampled image (float).
+        ``(C, *target_shape)`` resampled image (float32 unless ``image`` is float64).
     """
-    points = world_coordinates(target_affine, target_shape, dtype=torch.float64)
-    if world_ddf is not None:
-        if ddf_affine is None:
-            raise ValueError("ddf_affine is required with world_ddf.")
-        disp = sample_at_world_points(world_ddf.double(), ddf_affine, points)
-        points = points + torch.movedim(disp, 0, -1)
-    if matrix is not None:
-        n = points.shape[-1]
-        m = torch.as_tensor(check_affine(matrix, "matrix", spatial_dims=n))
-        points = points @ m[:n, :n].T + m[:n, n]
-    return sample_at_world_points(image, image_affine, points, mode=mode, padding_mode=padding_mode).to(
-        image.dtype if image.is_floating_point() else torch.float32
+    dtype = image.dtype if image.dtype == torch.float64 else torch.float32
+    points = transform_points(
+        world_coordinates(target_affine, target_shape, dtype=dtype), matrix, world_ddf, ddf_affine
     )
+    return sample_at_world_points(image, image_affine, points, mode=mode, padding_mode=padding_mode)

@@ -177,13 +177,70 @@ def test_itk_reproduces_the_warp(registered, pair):
     both.AddTransform(affine)
     both.AddTransform(displacement)  # added last = applied first
     by_files = _resample_with_itk(pair, both)
-    interior = ours > 0.05
-    assert interior.mean() > 0.2
-    for theirs in (by_h5, by_files):
-        np.testing.assert_allclose(theirs[interior], ours[interior], atol=2e-3)
+    assert (ours > 0.05).mean() > 0.2
+    for theirs in (by_h5, by_files):  # every voxel, the borders of both grids included
+        np.testing.assert_allclose(theirs, ours, atol=2e-3)
     # and the deformation is not trivial: without the displacement the result differs
     only_affine = _resample_with_itk(pair, affine)
-    assert np.abs(only_affine - ours)[interior].max() > 0.05
+    assert np.abs(only_affine - ours).max() > 0.05
+
+
+def test_itk_reproduces_the_warp_at_the_grid_borders(pair, tmp_path):
+    """A moving image that is bright up to its border and a fixed grid larger than it: the edge rules must agree
+    (ITK: edge values up to half a voxel outside a grid, zero beyond; for the image and for the displacement)."""
+    moving_affine = centred(np.diag([2.0, 2.0, 2.0, 1.0]), (20, 20, 20))
+    bright = 1.0 + torch.rand(1, 20, 20, 20)
+    moving = _save(tmp_path / "bright.nii.gz", bright[0].numpy(), moving_affine)
+    fixed_affine = centred(oblique_affine(angles=(0.0, 0.0, 15.0), spacing=(1.3, 1.3, 1.3)), (36, 36, 36))
+    fixed = _save(tmp_path / "big.nii.gz", phantom(fixed_affine, (36, 36, 36))[0].numpy(), fixed_affine)
+    result = register_pair(
+        moving, fixed, tmp_path / "out", network=SmoothVelocityNet(2.0), affine=False, spacing=4.0, size_divisor=1,
+        figure=False,
+    )  # fmt: skip
+    ours = np.asarray(nib.load(result.files["warped"]).dataobj)
+    transform = itk.transformread(str(result.files["transform"]))[0]
+    theirs = _resample_with_itk({"moving": moving, "fixed": fixed}, transform)
+    assert 0.1 < (ours > 0).mean() < 0.9  # the moving image's border crosses the fixed grid
+    assert np.mean(np.abs(theirs - ours) > 1e-3) < 1e-3, np.abs(theirs - ours).max()
+    # labels with nearest neighbour too
+    lab = _save(tmp_path / "bright_seg.nii.gz", (bright[0].numpy() > 1.5).astype(np.uint8), moving_affine, np.uint8)
+    result = register_pair(
+        moving, fixed, tmp_path / "out2", network=SmoothVelocityNet(2.0), affine=False, spacing=4.0, size_divisor=1,
+        moving_label=lab, figure=False,
+    )  # fmt: skip
+    ours = np.asarray(nib.load(result.files["warped_label"]).dataobj)
+    nearest = itk.NearestNeighborInterpolateImageFunction[itk.Image[itk.F, 3], itk.D].New()
+    theirs = _itk_array(
+        itk.resample_image_filter(
+            itk.imread(str(lab), itk.F), transform=transform, interpolator=nearest, use_reference_image=True,
+            reference_image=itk.imread(str(fixed), itk.F),
+        )
+    )  # fmt: skip
+    assert np.mean(theirs != ours) < 1e-3
+
+
+def test_masks_restrict_the_metrics_and_overwrite_removes_stale_files(pair, tmp_path):
+    fixed = nib.load(pair["fixed"])
+    mask = _save(tmp_path / "mask.nii.gz", np.asarray(fixed.dataobj) > 0.3, fixed.affine, np.uint8)
+    kwargs = {"spacing": 4.0, "size_divisor": 8, "affine_options": FAST_AFFINE, "figure": False}
+    result = register_pair(
+        pair["moving"], pair["fixed"], tmp_path / "out", network=SmoothVelocityNet(), moving_label=pair["moving_label"],
+        fixed_label=pair["fixed_label"], fixed_mask=mask, **kwargs,
+    )  # fmt: skip
+    assert result.metrics["metrics_within"] == "fixed mask"
+    unmasked = register_pair(
+        pair["moving"], pair["fixed"], tmp_path / "all", network=SmoothVelocityNet(), moving_label=pair["moving_label"],
+        fixed_label=pair["fixed_label"], **kwargs,
+    )  # fmt: skip
+    assert unmasked.metrics["metrics_within"] == "fixed image footprint"
+    assert result.metrics["sd_log_jacobian"] != pytest.approx(unmasked.metrics["sd_log_jacobian"])
+    assert result.metrics["dice"]["registered"]["1"] != pytest.approx(unmasked.metrics["dice"]["registered"]["1"])
+    assert {"warped_label", "weight"} <= set(result.files)
+    # a second run into the same folder, affine only and without labels: no file of the first run is left over
+    again = register_pair(pair["moving"], pair["fixed"], tmp_path / "out", mode="affine", overwrite="true", **kwargs)
+    names = {p.name for p in again.output_dir.iterdir()}
+    assert "warped_label.nii.gz" not in names and "lambda.nii.gz" not in names
+    assert names == {p.name for p in again.files.values()}
 
 
 def test_inverse_composes_to_identity(registered):
@@ -291,6 +348,9 @@ BAD_INPUTS = [
     ({"mode": "network"}, ValueError, "mode 'network' needs a network"),
     ({"spacing": 0}, ValueError, "spacing must be a positive"),
     ({"num_threads": 0}, ValueError, "num_threads"),
+    ({"overwrite": "maybe"}, ValueError, "overwrite must be true or false, got 'maybe'"),
+    ({"affine_options": {"steps": 3}}, ValueError, "unknown affine_options \\['steps'\\]"),
+    ({"mode": "network", "network": "net", "codes": [0.5, 1.5]}, ValueError, "takes none|outside"),
 ]
 
 
@@ -306,6 +366,8 @@ def test_bad_input_names_the_file_and_leaves_nothing(tmp_path, change, error, ma
             kwargs[key] = tmp_path / "a_file" / "under_a_file"
         elif isinstance(value, str) and value in files:
             kwargs[key] = files[value]
+        elif value == "net":
+            kwargs[key] = SmoothVelocityNet()
         else:
             kwargs[key] = value
     with pytest.raises(error, match=match):

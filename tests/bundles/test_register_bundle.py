@@ -60,7 +60,12 @@ def test_register_with_the_shipped_model(files):
     report = json.loads((out / "report.json").read_text())
     assert report["parameters"]["mode"] == "network" and report["deformable"]["network"] == "TransMorphTVFSPR"
     assert report["working_grid"]["shape"] == [32, 32, 32]
-    assert "lambda" in report["metrics"] and report["metrics"]["dice"]["registered"]["mean"] > 0.8
+    dice = report["metrics"]["dice"]
+    assert "lambda" in report["metrics"] and dice["registered"]["mean"] > 0.8
+    # the affine stage recovers the shift; the network then moves voxels (the demo-trained weights do not improve
+    # on an exact affine match: a limit of the shipped weights, not of the pipeline)
+    assert dice["affine"]["mean"] > dice["header"]["mean"] + 0.05
+    assert report["metrics"]["max_displacement_mm"] > 0.5
     assert (out / "transform.h5").is_file() and (out / "warped.nii.gz").is_file()
     assert "mean Dice" in proc.stdout + proc.stderr
 
