@@ -70,6 +70,12 @@ def write_labels(image_path: Path, mask_path: Path | None, out: Path) -> Path:
     return out
 
 
+def _grid(path: Path) -> str:
+    image = nib.load(str(path))
+    zooms = "x".join(f"{float(z):g}" for z in image.header.get_zooms()[:3])
+    return f"{''.join(nib.aff2axcodes(image.affine))} {zooms} mm"
+
+
 def shipped_network() -> TransMorphTVFSPR:
     checkpoint = BUNDLE / "models" / "model.pt"
     config = json.loads((BUNDLE / "configs" / "register.json").read_text())
@@ -106,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 metrics, times = result.metrics, result.report["timings_s"]
                 rows.append({
                     "pair": pair, "threads": threads, "wall_s": round(wall, 1),
-                    "fixed": f"{nib.aff2axcodes(nib.load(str(f)).affine)} {nib.load(str(f)).header.get_zooms()[:3]}",
+                    "fixed": _grid(f),
                     **{f"dice_{k}": round(v["mean"], 4) for k, v in metrics["dice"].items()},
                     "ndv_percent": metrics["ndv_percent"], "sd_log_jacobian": round(metrics["sd_log_jacobian"], 4),
                     "lambda_median": round(metrics["lambda"]["median"], 4),

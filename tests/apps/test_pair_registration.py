@@ -321,7 +321,14 @@ def _bad_files(root: Path) -> dict[str, Path]:
     raw[254:256] = np.int16(1).tobytes()  # sform_code: scanner
     raw[296:312] = np.zeros(4, dtype=np.float32).tobytes()  # srow_y
     degenerate.write_bytes(bytes(raw))
+    forms = nib.Nifti1Image(good, None)
+    shifted = np.eye(4)
+    shifted[0, 3] = 10.0
+    forms.set_qform(eye, code=1)
+    forms.set_sform(shifted, code=2)  # as after some processing tools: ITK would read the qform, nibabel the sform
+    nib.save(forms, str(root / "forms.nii.gz"))
     return {
+        "forms": root / "forms.nii.gz",
         "good": _save(root / "good.nii.gz", good, eye),
         "text": text,
         "2d": _save(root / "flat.nii.gz", good[:, :, 0], eye),
@@ -344,6 +351,7 @@ BAD_INPUTS = [
     ({"moving_label": "float_labels"}, ValueError, "moving label .*float_seg.nii.gz.* non-negative integer labels"),
     ({"fixed_mask": "small_mask"}, ValueError, "fixed mask .*small_mask.nii.gz.* has shape \\(10, 12, 12\\)"),
     ({"fixed": "degenerate"}, ValueError, "affine \\(header\\) of fixed image .*degenerate.nii.* is degenerate"),
+    ({"fixed": "forms"}, ValueError, "fixed image .*forms.nii.gz.* has a qform and an sform that disagree"),
     ({"output_dir": "under_a_file"}, ValueError, "output_dir .*under_a_file.* cannot be written"),
     ({"mode": "network"}, ValueError, "mode 'network' needs a network"),
     ({"spacing": 0}, ValueError, "spacing must be a positive"),
