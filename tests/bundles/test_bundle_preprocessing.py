@@ -56,3 +56,23 @@ def test_4d_image_is_named(tmp_path):
         preprocessing(item)
     message = str(info.value.__cause__ or info.value)
     assert "two_volumes.nii.gz" in message and "4D image of 2 volumes" in message
+
+
+@pytest.mark.parametrize("config", ["train", "inference"])
+def test_one_bright_voxel_does_not_squash_the_contrast(tmp_path, config):
+    """Percentile scaling (as the pair registration): an outlier at twice the maximum changes no other voxel."""
+    image = np.random.default_rng(0).random((32, 32, 32))
+    spiked = image.copy()
+    spiked[3, 4, 5] = 2.0 * image.max()
+    preprocessing = _parser(config).get_parsed_content("preprocessing")
+    clean = preprocessing(
+        {"moving": _nifti(tmp_path / "a.nii.gz", image), "fixed": _nifti(tmp_path / "b.nii.gz", image)}
+    )
+    spike = preprocessing(
+        {"moving": _nifti(tmp_path / "c.nii.gz", spiked), "fixed": _nifti(tmp_path / "b.nii.gz", image)}
+    )
+    others = np.ones(image.shape, dtype=bool)
+    others[3, 4, 5] = False
+    diff = (spike["moving"][0] - clean["moving"][0]).abs().numpy()[others]
+    assert diff.max() < 1e-3
+    assert float(spike["moving"].max()) == 1.0 and float(spike["moving"][0, 3, 4, 5]) == 1.0
