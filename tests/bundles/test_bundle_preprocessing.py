@@ -76,3 +76,18 @@ def test_one_bright_voxel_does_not_squash_the_contrast(tmp_path, config):
     diff = (spike["moving"][0] - clean["moving"][0]).abs().numpy()[others]
     assert diff.max() < 1e-3
     assert float(spike["moving"].max()) == 1.0 and float(spike["moving"][0, 3, 4, 5]) == 1.0
+
+
+@pytest.mark.parametrize("config", ["train", "inference"])
+def test_num_threads_option(config):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        parser = _parser(config)
+        parser["num_threads"] = 1
+        parser["initialize"] = [x for x in parser["initialize"] if "num_threads" in x]
+        parser.get_parsed_content("initialize")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
