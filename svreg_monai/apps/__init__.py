@@ -15,6 +15,7 @@ from __future__ import annotations
 from .pair_registration import (
     DeformableResult,
     NetworkStage,
+    OptimisationStage,
     PairRegistrationResult,
     RegistrationMode,
     load_checked_image,
@@ -26,6 +27,7 @@ from .pair_registration import (
 __all__ = [
     "DeformableResult",
     "NetworkStage",
+    "OptimisationStage",
     "PairRegistrationResult",
     "RegistrationMode",
     "load_checked_image",

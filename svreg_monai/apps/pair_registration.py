@@ -60,6 +60,7 @@ from monai.utils import StrEnum, look_up_option
 
 from svreg_monai.metrics.functional import jacobian_determinant, non_diffeomorphic_measures, sd_log_jacobian
 from svreg_monai.registration.affine import affine_register
+from svreg_monai.registration.deformable import optimize_spr, summarize_history
 from svreg_monai.utils.io import save_nifti, write_json
 from svreg_monai.utils.itk_io import (
     itk_affine_transform,
@@ -82,6 +83,7 @@ from svreg_monai.utils.world import (
 __all__ = [
     "DeformableResult",
     "NetworkStage",
+    "OptimisationStage",
     "PairRegistrationResult",
     "RegistrationMode",
     "load_checked_image",
@@ -109,6 +111,7 @@ class RegistrationMode(StrEnum):
     """The deformable stage of :func:`register_pair`."""
 
     NETWORK = "network"
+    OPTIMISE = "optimise"
     AFFINE = "affine"
 
 
@@ -177,8 +180,9 @@ class NetworkStage:
         self.codes = None if codes is None else values.reshape(1, 2)
 
     @torch.no_grad()
-    def __call__(self, moving: torch.Tensor, fixed: torch.Tensor) -> DeformableResult:
-        """Register ``(1, 1, *S)`` working-grid images (normalised to [0, 1]); returns working-grid displacements."""
+    def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, keep_velocity: bool = False) -> DeformableResult:
+        """Register ``(1, 1, *S)`` working-grid images (normalised to [0, 1]); returns working-grid displacements
+        (and the network's velocity in ``info["velocity"]`` with ``keep_velocity``, for a warm start)."""
         self.network.eval().to(self.device)
         moving, fixed = moving.to(self.device), fixed.to(self.device)
         info: dict[str, Any] = {"network": type(self.network).__name__}
@@ -193,6 +197,8 @@ class NetworkStage:
         else:
             out = self.network(moving, fixed)
         inverse = self.network.inverse_ddf(out.velocity, tuple(fixed.shape[2:]))  # type: ignore[operator]
+        if keep_velocity:
+            info["velocity"] = out.velocity.float()
         weight = getattr(out, "weight", None)
         return DeformableResult(
             ddf=out.ddf.float().cpu(),
@@ -200,6 +206,73 @@ class NetworkStage:
             weight=None if weight is None else weight.float().cpu(),
             info=info,
         )
+
+
+class OptimisationStage:
+    """The deformable stage ``"optimise"``: SPR instance optimisation of one pair (:func:`optimize_spr`).
+
+    Starts from identity (``network=None``) or from a network's prediction (its velocity and λ: the network's
+    forward pass through :class:`NetworkStage` first). With a hyper-conditioned network, λ_max and the prior
+    parameter come from its codes unless ``options`` sets them.
+
+    Args:
+        network: a registration network for the warm start, or None (identity start, no trained model needed).
+        codes: hyper codes, as for :class:`NetworkStage`.
+        device: where to run.
+        extrapolate: accept hyper codes outside [0, 1].
+        options: keyword arguments of :func:`~svreg_monai.registration.optimize_spr` (levels, steps,
+            learning_rate, lambda_max, prior, prior_param, kernel_size, learn_weight ...).
+    """
+
+    def __init__(
+        self,
+        network: nn.Module | None = None,
+        codes: Sequence[float] | None = None,
+        device: str | torch.device = "cpu",
+        extrapolate: bool = False,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.options = dict(options or {})
+        allowed = set(inspect.signature(optimize_spr).parameters) - {
+            "moving", "fixed", "initial_velocity", "initial_weight", "progress",
+        }  # fmt: skip
+        unknown = set(self.options) - allowed
+        if unknown:
+            raise ValueError(f"unknown optimise_options {sorted(unknown)}; allowed: {sorted(allowed)}.")
+        self.network_stage = None if network is None else NetworkStage(network, codes, device, extrapolate)
+        if network is None and codes is not None:
+            raise ValueError("codes need a hyper network; the identity start takes lambda_max/prior_param options.")
+        self.device = torch.device(device)
+
+    def __call__(self, moving: torch.Tensor, fixed: torch.Tensor) -> DeformableResult:
+        """Register ``(1, 1, *S)`` working-grid images; returns working-grid displacements, λ and the history."""
+        options = dict(self.options)
+        info: dict[str, Any] = {"init": "identity" if self.network_stage is None else "network"}
+        initial_velocity, initial_weight = None, options.pop("initial_weight", 0.5)
+        if self.network_stage is not None:
+            start = self.network_stage(moving, fixed, keep_velocity=True)
+            info["network"] = start.info
+            initial_velocity = start.info.pop("velocity")
+            if start.weight is not None:
+                initial_weight = start.weight
+            values = start.info.get("hyperparameters")
+            if values:
+                options.setdefault("lambda_max", values["lambda_max"])
+                options.setdefault("prior_param", values["alpha"])
+        result = optimize_spr(
+            moving.to(self.device),
+            fixed.to(self.device),
+            initial_velocity=None if initial_velocity is None else initial_velocity.to(self.device),
+            initial_weight=initial_weight.to(self.device)
+            if isinstance(initial_weight, torch.Tensor)
+            else initial_weight,
+            progress=True,
+            **options,
+        )
+        info["options"] = dict(options)
+        info["objective"] = summarize_history(result.history)
+        info["history"] = result.history
+        return DeformableResult(result.ddf.cpu(), result.inverse_ddf.cpu(), result.weight.cpu(), info)
 
 
 @dataclass
@@ -479,6 +552,8 @@ def register_pair(
     fixed_mask: str | os.PathLike | None = None,
     codes: Sequence[float] | None = None,
     extrapolate: bool = False,
+    init: str = "network",
+    optimise_options: Mapping[str, Any] | None = None,
     affine: bool = True,
     spacing: float = 2.0,
     size_divisor: int = 32,
@@ -505,7 +580,8 @@ def register_pair(
         fixed: fixed image file.
         output_dir: folder for the outputs (created; nothing is written elsewhere).
         network: the trained registration network, required for ``mode="network"``.
-        mode: the deformable stage, ``"network"`` or ``"affine"`` (affine pre-alignment only).
+        mode: the deformable stage: ``"network"`` (the trained network), ``"optimise"`` (SPR instance optimisation,
+            from the network's prediction or from identity, see ``init``) or ``"affine"`` (affine only).
         moving_label: label map of the moving image (same grid), warped with nearest neighbour.
         fixed_label: label map of the fixed image (same grid): with ``moving_label``, Dice is reported.
         moving_mask: brain mask of the moving image (same grid): intensities outside it are set to 0.
@@ -515,6 +591,10 @@ def register_pair(
             skull-stripped: the shipped brain model was trained on skull-stripped brains.
         codes: ``(b, r)`` codes in [0, 1] of a hyper-conditioned network.
         extrapolate: accept codes outside [0, 1].
+        init: start of ``mode="optimise"``: ``"network"`` (the network's prediction) or ``"identity"`` (no trained
+            model needed).
+        optimise_options: keyword arguments of :func:`~svreg_monai.registration.optimize_spr` for
+            ``mode="optimise"`` (levels, steps, learning_rate, lambda_max, prior, prior_param, kernel_size, ...).
         affine: run the affine pre-alignment (else the images are aligned by their headers only).
         spacing: working voxel size in mm (the model's training resolution: 2 for the shipped brain model).
         size_divisor: the working grid is padded to a multiple of it per axis (32 for TM-SPR).
@@ -542,7 +622,10 @@ def register_pair(
         check_flag(v, n) for v, n in ((affine, "affine"), (figure, "figure"), (overwrite, "overwrite"))
     )
     if mode == RegistrationMode.NETWORK and network is None:
-        raise ValueError("mode 'network' needs a network (the trained model); use mode='affine' without one.")
+        raise ValueError(
+            "mode 'network' needs a network (the trained model); use mode='optimise' with init='identity' or "
+            "mode='affine' without one."
+        )
     if isinstance(spacing, bool) or not (isinstance(spacing, (int, float)) and spacing > 0):
         raise ValueError(f"spacing must be a positive number of millimetres, got {spacing!r}.")
     if isinstance(size_divisor, bool) or not (isinstance(size_divisor, int) and size_divisor >= 1):
@@ -560,11 +643,15 @@ def register_pair(
         raise ValueError(f"unknown affine_options {sorted(set(affine_options) - allowed)}; allowed: {sorted(allowed)}.")
     if figure and importlib.util.find_spec("matplotlib") is None:
         raise ValueError("figure=True needs matplotlib (pip install 'svreg-monai[bundle]'); or pass figure=False.")
-    stage_fn = (
-        NetworkStage(network, codes, device, extrapolate)  # type: ignore[arg-type]
-        if mode == RegistrationMode.NETWORK
-        else None
-    )
+    init = look_up_option(str(init), ("network", "identity"))
+    stage_fn: NetworkStage | OptimisationStage | None = None
+    if mode == RegistrationMode.NETWORK:
+        stage_fn = NetworkStage(network, codes, device, extrapolate)  # type: ignore[arg-type]
+    elif mode == RegistrationMode.OPTIMISE:
+        if init == "network" and network is None:
+            raise ValueError("mode 'optimise' with init 'network' needs a network; use init='identity' without one.")
+        start = network if init == "network" else None
+        stage_fn = OptimisationStage(start, codes if start is not None else None, device, extrapolate, optimise_options)
     output_dir = Path(output_dir).expanduser()
 
     timings: dict[str, float] = {}
@@ -642,6 +729,8 @@ def register_pair(
                 "intensity_percentiles": [lo, hi],
                 "affine_options": affine_options,
                 "codes": None if codes is None else [float(c) for c in codes],
+                "init": init if mode == RegistrationMode.OPTIMISE else None,
+                "optimise_options": dict(optimise_options or {}),
                 "extrapolate": bool(extrapolate),
                 "num_threads": num_threads if num_threads is not None else torch.get_num_threads(),
                 "device": str(device),

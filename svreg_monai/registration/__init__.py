@@ -13,5 +13,15 @@
 from __future__ import annotations
 
 from .affine import AffineRegistrationResult, affine_register, center_of_mass, downsample_to_spacing
+from .deformable import InstanceOptimizationResult, optimize_spr, summarize_history, weight_logits
 
-__all__ = ["AffineRegistrationResult", "affine_register", "center_of_mass", "downsample_to_spacing"]
+__all__ = [
+    "AffineRegistrationResult",
+    "InstanceOptimizationResult",
+    "affine_register",
+    "center_of_mass",
+    "downsample_to_spacing",
+    "optimize_spr",
+    "summarize_history",
+    "weight_logits",
+]

@@ -243,6 +243,30 @@ def test_masks_restrict_the_metrics_and_overwrite_removes_stale_files(pair, tmp_
     assert names == {p.name for p in again.files.values()}
 
 
+def test_optimise_from_identity_needs_no_model(pair, tmp_path):
+    """SPR instance optimisation from identity: no network at all, λ and the objective's terms in the outputs."""
+    result = register_pair(
+        pair["moving"], pair["fixed"], tmp_path / "out", mode="optimise", init="identity", spacing=4.0,
+        size_divisor=8, affine_options=FAST_AFFINE, moving_label=pair["moving_label"], fixed_label=pair["fixed_label"],
+        optimise_options={"levels": (2, 1), "steps": (20, 10), "learning_rate": 0.1}, figure=False,
+    )  # fmt: skip
+    info = result.report["deformable"]
+    assert info["init"] == "identity" and len(info["history"]) == 30
+    fine = [h["loss"] for h in info["history"] if h["level"] == 1]
+    assert fine[-1] < fine[0]
+    assert {"similarity", "diffusion", "prior"} <= set(info["history"][-1])
+    assert "weight" in result.files and "lambda" in result.metrics
+    assert result.metrics["ndv_percent"] < 0.1
+    assert result.metrics["dice"]["registered"]["mean"] >= result.metrics["dice"]["affine"]["mean"] - 0.02
+    # from a network's prediction (its velocity and λ as the start)
+    warm = register_pair(
+        pair["moving"], pair["fixed"], tmp_path / "warm", mode="optimise", network=SmoothVelocityNet(0.5),
+        spacing=4.0, size_divisor=8, affine_options=FAST_AFFINE, optimise_options={"levels": (1,), "steps": (3,)},
+        figure=False,
+    )  # fmt: skip
+    assert warm.report["deformable"]["init"] == "network" and len(warm.report["deformable"]["history"]) == 3
+
+
 def test_inverse_composes_to_identity(registered):
     forward = itk.transformread(str(registered.files["transform"]))[0]
     inverse = itk.transformread(str(registered.files["inverse_transform"]))[0]
@@ -376,6 +400,8 @@ BAD_INPUTS = [
     ({"mode": "network"}, ValueError, "mode 'network' needs a network"),
     ({"spacing": 0}, ValueError, "spacing must be a positive"),
     ({"num_threads": 0}, ValueError, "num_threads"),
+    ({"mode": "optimise"}, ValueError, "init 'network' needs a network"),
+    ({"mode": "optimise", "init": "identity", "optimise_options": {"rate": 1}}, ValueError, "unknown optimise_options"),
     ({"overwrite": "maybe"}, ValueError, "overwrite must be true or false, got 'maybe'"),
     ({"affine_options": {"steps": 3}}, ValueError, "unknown affine_options \\['steps'\\]"),
     ({"mode": "network", "network": "net", "codes": [0.5, 1.5]}, ValueError, "takes none|outside"),

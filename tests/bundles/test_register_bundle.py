@@ -70,6 +70,17 @@ def test_register_with_the_shipped_model(files):
     assert "mean Dice" in proc.stdout + proc.stderr
 
 
+def test_register_optimise_mode(files, tmp_path):
+    out = tmp_path / "opt"
+    args = [*_inputs(files, out), "--mode", "optimise", "--optimise_options#steps", "[3, 2]"]
+    run_bundle(BUNDLE, configs("register"), *args, overrides={})
+    report = json.loads((out / "report.json").read_text())
+    assert (
+        report["deformable"]["init"] == "network" and report["deformable"]["network"]["network"] == "TransMorphTVFSPR"
+    )
+    assert len(report["deformable"]["history"]) == 5 and report["parameters"]["optimise_options"]["steps"] == [3, 2]
+
+
 def test_register_with_hyper_codes(files, tmp_path):
     kwargs = {k: v for k, v in TINY.items() if k != "demo_subjects"}
     net = HyperTransMorphTVFSPR(
