@@ -112,6 +112,7 @@ def optimize_spr(
     initial_velocity: torch.Tensor | None = None,
     initial_weight: torch.Tensor | float = 0.5,
     learn_weight: bool = True,
+    field_scale: int = 1,
     progress: bool = False,
 ) -> InstanceOptimizationResult:
     """Register one pair by optimising a velocity field and a regularisation-weight field (SPR objective).
@@ -132,6 +133,9 @@ def optimize_spr(
         initial_weight: start λ: a float (uniform) or a ``(1, 1, *S'')`` map (a network's λ).
         learn_weight: optimise λ (True, the SPR method) or keep it fixed at ``initial_weight`` (uniform
             regularisation when that is a float: the ablation).
+        field_scale: the velocity and λ live on each level's grid pooled by this factor (2: half resolution, as
+            TM-SPR's velocity), and are upsampled to the level's grid for the warp and the objective: fewer
+            unknowns, smoother fields and cheaper integration; 1 keeps them on the level's grid.
         progress: show a progress bar (tqdm) over all steps.
 
     Returns:
@@ -152,6 +156,8 @@ def optimize_spr(
     levels, steps = _check_levels(levels, steps)
     if not (isinstance(learning_rate, (int, float)) and learning_rate > 0 and math.isfinite(learning_rate)):
         raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}.")
+    if isinstance(field_scale, bool) or not isinstance(field_scale, int) or field_scale < 1:
+        raise ValueError(f"field_scale must be a positive integer, got {field_scale!r}.")
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}.")
     regulariser = SpatiallyVaryingRegularizationLoss(
@@ -161,7 +167,8 @@ def optimize_spr(
     )
     n = moving.ndim - 2
     size = tuple(moving.shape[2:])
-    warp = RegistrationWarp()
+    warp = RegistrationWarp()  # warps images on the level's grid
+    integrate = RegistrationWarp()  # warps inside scaling and squaring, on the fields' grid (its own cached grid)
     history: list[dict[str, float]] = []
     bar = None
     if progress:
@@ -174,7 +181,8 @@ def optimize_spr(
     logits: torch.Tensor | None = None
     for level, (factor, count) in enumerate(zip(levels, steps)):
         m, f = _pool(moving, factor), _pool(fixed, factor)
-        grid = tuple(m.shape[2:])
+        image_grid = tuple(m.shape[2:])
+        grid = tuple(-(-s // field_scale) for s in image_grid)  # the fields' grid
         if velocity is None:
             if initial_velocity is None:
                 start_v = torch.zeros(1, n, *grid, dtype=m.dtype, device=m.device)
@@ -195,8 +203,10 @@ def optimize_spr(
         optimiser = torch.optim.Adam(params, lr=float(learning_rate))
         for step in range(count):
             optimiser.zero_grad()
-            ddf = scaling_and_squaring(velocity, integration_steps, warp=warp)
+            ddf = scaling_and_squaring(velocity, integration_steps, warp=integrate)
             weight = regularization_weight_activation(logits, prior)
+            if grid != image_grid:
+                ddf, weight = resize_ddf(ddf, size=image_grid), _resize(weight, image_grid)
             similarity = local_normalized_cross_correlation_loss(warp(m, ddf), f, kernel_size=kernel_size)
             reg = regulariser(ddf, weight)
             loss = similarity + reg.total

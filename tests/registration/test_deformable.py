@@ -99,6 +99,17 @@ def test_weight_is_lower_where_the_warp_bends(strongly_regularised, problem):
     assert float(jacobian_determinant(strongly_regularised.ddf).min()) > 0
 
 
+def test_half_resolution_fields(problem):
+    """``field_scale=2``: velocity and λ on half the level's grid, the displacement still on the input grid."""
+    moving, fixed, u, bump = problem
+    out = optimize_spr(moving, fixed, lambda_max=1.0, prior_param=1.05, field_scale=2, **OPTIONS)
+    assert out.velocity.shape == (1, 3, 16, 16, 16) and out.ddf.shape == (1, 3, *SHAPE)
+    inside = bump > 0.3
+    error = (out.ddf - u).norm(dim=1)[0][inside]
+    assert error.mean() < 0.35 * u.norm(dim=1)[0][inside].mean()
+    assert float(jacobian_determinant(out.ddf).min()) > 0
+
+
 def test_uniform_weight_ablation_keeps_the_weight(problem):
     moving, fixed, _, _ = problem
     out = optimize_spr(moving, fixed, levels=(2,), steps=(5,), learn_weight=False, initial_weight=1.0)
@@ -128,6 +139,7 @@ def test_warm_start_from_a_velocity_and_weight(problem):
         ({"kernel_size": 4}, "kernel_size"),
         ({"lambda_max": -1.0}, "lambda_max"),
         ({"prior": "laplace"}, "prior"),
+        ({"field_scale": 0}, "field_scale"),
     ],
 )
 def test_bad_options(kwargs, match):
