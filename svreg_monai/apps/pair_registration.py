@@ -222,6 +222,9 @@ class OptimisationStage:
         extrapolate: accept hyper codes outside [0, 1].
         options: keyword arguments of :func:`~svreg_monai.registration.optimize_spr` (levels, steps,
             learning_rate, lambda_max, prior, prior_param, kernel_size, learn_weight ...).
+        network_weight: start λ from the network's λ map too (else from ``options["initial_weight"]``, 0.5). Off by
+            default: a λ near 1 sits in the sigmoid's flat end and barely moves (the shipped weights' λ is about 1
+            everywhere); measured on a real pair, Dice 0.794 with it against 0.811 without.
     """
 
     def __init__(
@@ -231,8 +234,10 @@ class OptimisationStage:
         device: str | torch.device = "cpu",
         extrapolate: bool = False,
         options: Mapping[str, Any] | None = None,
+        network_weight: bool = False,
     ) -> None:
         self.options = dict(options or {})
+        self.network_weight = check_flag(network_weight, "network_weight")
         allowed = set(inspect.signature(optimize_spr).parameters) - {
             "moving", "fixed", "initial_velocity", "initial_weight", "progress",
         }  # fmt: skip
@@ -253,7 +258,7 @@ class OptimisationStage:
             start = self.network_stage(moving, fixed, keep_velocity=True)
             info["network"] = start.info
             initial_velocity = start.info.pop("velocity")
-            if start.weight is not None:
+            if self.network_weight and start.weight is not None:
                 initial_weight = start.weight
             values = start.info.get("hyperparameters")
             if values:

@@ -56,7 +56,7 @@ def _inputs(files, output_dir) -> list[str]:
 
 def test_register_with_the_shipped_model(files):
     out = files["root"] / "shipped"
-    proc = run_bundle(BUNDLE, configs("register"), *_inputs(files, out), overrides={})
+    proc = run_bundle(BUNDLE, configs("register"), *_inputs(files, out), "--mode", "network", overrides={})
     report = json.loads((out / "report.json").read_text())
     assert report["parameters"]["mode"] == "network" and report["deformable"]["network"] == "TransMorphTVFSPR"
     assert report["working_grid"]["shape"] == [32, 32, 32]
@@ -72,13 +72,14 @@ def test_register_with_the_shipped_model(files):
 
 def test_register_optimise_mode(files, tmp_path):
     out = tmp_path / "opt"
-    args = [*_inputs(files, out), "--mode", "optimise", "--optimise_options#steps", "[3, 2]"]
+    args = [*_inputs(files, out), "--optimise_options#steps", "[3, 2]"]  # mode optimise is the default
     run_bundle(BUNDLE, configs("register"), *args, overrides={})
     report = json.loads((out / "report.json").read_text())
     assert (
         report["deformable"]["init"] == "network" and report["deformable"]["network"]["network"] == "TransMorphTVFSPR"
     )
     assert len(report["deformable"]["history"]) == 5 and report["parameters"]["optimise_options"]["steps"] == [3, 2]
+    assert report["parameters"]["mode"] == "optimise" and report["parameters"]["optimise_options"]["field_scale"] == 2
 
 
 def test_register_with_hyper_codes(files, tmp_path):
@@ -90,6 +91,7 @@ def test_register_with_hyper_codes(files, tmp_path):
     torch.save(net.state_dict(), tmp_path / "hyper.pt")
     out = tmp_path / "out"
     args = [*_inputs(files, out), "--checkpoint", str(tmp_path / "hyper.pt"), "--hyper#codes", "[0.3, 0.7]"]
+    args += ["--mode", "network"]
     run_bundle(BUNDLE, configs("register", "hyper_register"), *args, overrides=kwargs)
     report = json.loads((out / "report.json").read_text())
     assert report["deformable"]["codes"] == pytest.approx([0.3, 0.7])

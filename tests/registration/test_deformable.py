@@ -52,7 +52,7 @@ def problem():
     return moving, warp_image(moving, u), u, bump
 
 
-OPTIONS = {"levels": (2, 1), "steps": (100, 30), "learning_rate": 0.1, "kernel_size": 5}
+OPTIONS = {"levels": (2, 1), "steps": (100, 30), "learning_rate": 0.1, "kernel_size": 5, "field_scale": 1}
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_weight_is_lower_where_the_warp_bends(strongly_regularised, problem):
 def test_half_resolution_fields(problem):
     """``field_scale=2``: velocity and λ on half the level's grid, the displacement still on the input grid."""
     moving, fixed, u, bump = problem
-    out = optimize_spr(moving, fixed, lambda_max=1.0, prior_param=1.05, field_scale=2, **OPTIONS)
+    out = optimize_spr(moving, fixed, lambda_max=1.0, prior_param=1.05, **{**OPTIONS, "field_scale": 2})
     assert out.velocity.shape == (1, 3, 16, 16, 16) and out.ddf.shape == (1, 3, *SHAPE)
     inside = bump > 0.3
     error = (out.ddf - u).norm(dim=1)[0][inside]
