@@ -52,7 +52,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_affine_prealignment import tissue_labels
-from bench_pair_registration import PAIRS, shipped_network
+from bench_pair_registration import PAIRS, shipped_network, write_results
 
 from svreg_monai.apps.pair_registration import _normalise, _working_grid, load_checked_image
 from svreg_monai.blocks.warping import warp_image
@@ -201,17 +201,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(json.dumps(rows[-1]), flush=True)
     keys = ["pair", "method", "dice", "dice_csf_gm_wm", "ndv_percent", "sdlogj", "lambda_median", "lambda_iqr",
             "time_s"]  # fmt: skip
-    table = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    table += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
-    text = (
-        f"# Per-pair optimisation on real brains\n\n`python benchmarks/bench_instance_optimisation.py "
-        f"{' '.join(sys.argv[1:])}`; optimise options {options}; {args.threads} threads; same 2 mm working grid "
-        "and affine for every method.\n\n" + "\n".join(table) + "\n"
+    description = (
+        f"optimise options {options}; {args.threads} threads; same 2 mm working grid and affine for every method."
     )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    args.output.with_suffix(".json").write_text(json.dumps(rows, indent=2))
-    print(text)
+    write_results(rows, keys, "Per-pair optimisation on real brains", description, args.output)
     return 0
 
 

