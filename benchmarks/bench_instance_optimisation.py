@@ -37,6 +37,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -56,6 +57,8 @@ from bench_pair_registration import PAIRS, shipped_network, write_results
 
 from svreg_monai.apps.pair_registration import _normalise, _working_grid, load_checked_image
 from svreg_monai.blocks.warping import warp_image
+from svreg_monai.losses.functional_similarity import local_normalized_cross_correlation_loss
+from svreg_monai.losses.regularization import SpatiallyVaryingRegularizationLoss
 from svreg_monai.metrics.functional import non_diffeomorphic_measures, sd_log_jacobian
 from svreg_monai.registration import affine_register, optimize_spr
 from svreg_monai.utils.world import resample_through
@@ -75,6 +78,26 @@ for name, kw in args["settings"].items():
     out[name] = seconds
 print(json.dumps(out))
 """
+
+ELASTIX_SCRIPT = r"""
+import json, sys, time
+import itk, numpy as np
+args = json.loads(sys.argv[1])
+fixed, moving = itk.imread(args["fixed"], itk.F), itk.imread(args["moving"], itk.F)
+out = {}
+for name, kind in args["settings"].items():
+    po = itk.ParameterObject.New()
+    po.AddParameterMap(po.GetDefaultParameterMap(kind))
+    tic = time.perf_counter()
+    _, params = itk.elastix_registration_method(fixed, moving, parameter_object=po, log_to_console=False)
+    seconds = time.perf_counter() - tic
+    field = itk.transformix_deformation_field(moving, params)  # (Z, Y, X, 3) physical LPS mm displacement
+    np.save(args["prefix"] + name + ".npy", np.transpose(itk.array_from_image(field), (2, 1, 0, 3)))
+    out[name] = seconds
+print(json.dumps(out))
+"""
+
+ELASTIX_SETTINGS = {"elastix B-spline": "bspline"}
 
 SETTINGS = {
     "SyN default": {},
@@ -143,12 +166,43 @@ def ants_to_ddf(field: np.ndarray, affine: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(vox[None].astype(np.float32))
 
 
+def finetune(network: torch.nn.Module, m: torch.Tensor, f: torch.Tensor, seconds: float, options: dict[str, Any]):
+    """Fine-tune a copy of ``network`` on this pair (Adam, lr 1e-4, eval mode, the optimiser's objective) for
+    ``seconds`` of wall time; returns (output, steps). The other parameterisation the issue asks to measure."""
+    net = copy.deepcopy(network).eval()
+    regulariser = SpatiallyVaryingRegularizationLoss(lambda_max=options["lambda_max"], alpha=options["prior_param"])
+    optimiser = torch.optim.Adam(net.parameters(), lr=1e-4)
+    tic, steps = time.perf_counter(), 0
+    while time.perf_counter() - tic < seconds:
+        optimiser.zero_grad()
+        out = net(m, f)
+        sim = local_normalized_cross_correlation_loss(warp_image(m, out.ddf), f, kernel_size=5)
+        (sim + regulariser(out.ddf, out.weight).total).backward()
+        optimiser.step()
+        steps += 1
+    with torch.no_grad():
+        return net(m, f), steps
+
+
+def run_external(python: Path, script: str, payload: dict[str, Any], threads: int) -> dict[str, float]:
+    """Run ``script`` (ANTs or elastix) in its own interpreter; returns {setting: seconds}."""
+    env = {**os.environ, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(threads)}
+    proc = subprocess.run([str(python), "-c", script, json.dumps(payload)], env=env, capture_output=True, text=True,
+                          check=True)  # fmt: skip
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="folder with the unpacked archives")
+    parser.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     parser.add_argument("--ants_python", type=Path, default=None, help="python of a venv with antspyx")
+    parser.add_argument("--elastix_python", type=Path, default=None, help="python of a venv with itk-elastix")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, nargs=2, default=[40, 20])
+    parser.add_argument("--budgets", nargs="*", default=["10,5", "20,10", "80,40"],
+                        help="further step budgets of optimise(net), 'coarse,fine'")  # fmt: skip
+    parser.add_argument("--tolerance", type=float, default=1e-3, help="stopping-rule row (steps 200,100)")
     parser.add_argument("--lambda_max", type=float, default=5.0)
     parser.add_argument("--prior_param", type=float, default=1.01)
     parser.add_argument("--field_scale", type=int, default=2)
@@ -159,53 +213,102 @@ def main(argv: list[str] | None = None) -> int:
     options = {"levels": (2, 1), "steps": tuple(args.steps), "learning_rate": 0.05, "field_scale": args.field_scale,
                "lambda_max": args.lambda_max, "prior_param": args.prior_param}  # fmt: skip
     rows = []
+
+    def add(pair: str, method: str, p: dict[str, Any], ddf, weight, seconds: float, **extra: Any) -> None:
+        rows.append({"pair": pair, "method": method, **evaluate(p, ddf, weight, seconds), **extra})
+        print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
-        for pair in PAIRS:
+        for pair in args.pairs:
             p = prepare(args.data, pair, Path(tmp))
             m, f = p["moving"], p["fixed"]
-            rows.append(
-                {"pair": pair, "method": "affine only", **evaluate(p, torch.zeros(1, 3, *m.shape[2:]), None, 0.0)}
-            )
+            add(pair, "affine only", p, torch.zeros(1, 3, *m.shape[2:]), None, 0.0)
             tic = time.perf_counter()
             with torch.no_grad():
                 out = network(m, f)
             t_net = time.perf_counter() - tic
-            rows.append({"pair": pair, "method": "network", **evaluate(p, out.ddf, out.weight, t_net)})
-            runs = {
-                "optimise(net)": {"initial_velocity": out.velocity},  # the network's λ is ~1 everywhere: not used
-                "optimise(id)": {},
-                "uniform λ=1 (id)": {"learn_weight": False, "initial_weight": 1.0},
-                "uniform λ=median (id)": {"learn_weight": False},
-            }
-            median = 1.0
+            add(pair, "network", p, out.ddf, out.weight, t_net)
+            # the network's λ is ~1 everywhere: only its velocity is used as a start
+            runs: dict[str, dict[str, Any]] = {"optimise(net)": {"initial_velocity": out.velocity}}
+            for budget in args.budgets:
+                coarse, fine = (int(x) for x in budget.split(","))
+                runs[f"optimise(net) steps {coarse}+{fine}"] = {
+                    "initial_velocity": out.velocity,
+                    "steps": (coarse, fine),
+                }
+            if args.tolerance > 0:
+                runs[f"optimise(net) stop tol {args.tolerance:g}"] = {
+                    "initial_velocity": out.velocity, "steps": (200, 100), "tolerance": args.tolerance,
+                }  # fmt: skip
+            runs["optimise(net) bf16 autocast"] = {"initial_velocity": out.velocity, "bf16": True}
+            runs["optimise(id)"] = {}
+            runs["uniform λ=1 (id)"] = {"learn_weight": False, "initial_weight": 1.0}
+            runs["uniform λ=median (id)"] = {"learn_weight": False}
+            median, t_default = 1.0, 0.0
             for name, extra in runs.items():
+                extra = dict(extra)
+                bf16 = extra.pop("bf16", False)
                 if name == "uniform λ=median (id)":
                     extra["initial_weight"] = median  # the learned λ's median inside the brain: same overall strength
                 tic = time.perf_counter()
-                res = optimize_spr(m, f, **options, **extra)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    res = optimize_spr(m, f, **{**options, **extra})
+                seconds = time.perf_counter() - tic + (t_net if "initial_velocity" in extra else 0.0)
                 if name == "optimise(id)":
                     median = float(res.weight[0, 0][p["brain"]].median())
-                seconds = time.perf_counter() - tic + (t_net if name == "optimise(net)" else 0.0)
-                rows.append({"pair": pair, "method": name, **evaluate(p, res.ddf, res.weight, seconds)})
-                print(json.dumps(rows[-1]), flush=True)
-            if args.ants_python is not None:
-                payload = {"fixed": p["files"]["fixed"], "moving": p["files"]["moving"], "settings": SETTINGS,
-                           "prefix": str(Path(tmp) / "ants_")}  # fmt: skip
-                env = {**os.environ, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(args.threads)}
-                proc = subprocess.run([str(args.ants_python), "-c", ANTS_SCRIPT, json.dumps(payload)], env=env,
-                                      capture_output=True, text=True, check=True)  # fmt: skip
-                times = json.loads(proc.stdout.strip().splitlines()[-1])
-                for name, seconds in times.items():
-                    ddf = ants_to_ddf(np.load(str(Path(tmp) / f"ants_{name}.npy")), p["affine"])
-                    rows.append({"pair": pair, "method": name, **evaluate(p, ddf, None, seconds)})
-                    print(json.dumps(rows[-1]), flush=True)
+                if name == "optimise(net)":
+                    t_default = seconds
+                add(pair, name, p, res.ddf, res.weight, seconds, steps=len(res.history))
+            tic = time.perf_counter()
+            tuned, ft_steps = finetune(network, m, f, t_default - t_net, options)
+            add(pair, "fine-tune(net), same time", p, tuned.ddf, tuned.weight, time.perf_counter() - tic + t_net,
+                steps=ft_steps)  # fmt: skip
+            for python, script, settings, prefix in (
+                (args.ants_python, ANTS_SCRIPT, SETTINGS, "ants_"),
+                (args.elastix_python, ELASTIX_SCRIPT, ELASTIX_SETTINGS, "elastix_"),
+            ):
+                if python is None:
+                    continue
+                payload = {"fixed": p["files"]["fixed"], "moving": p["files"]["moving"], "settings": settings,
+                           "prefix": str(Path(tmp) / prefix)}  # fmt: skip
+                for name, seconds in run_external(python, script, payload, args.threads).items():
+                    add(pair, name, p, ants_to_ddf(np.load(str(Path(tmp) / f"{prefix}{name}.npy")), p["affine"]),
+                        None, seconds)  # fmt: skip
     keys = ["pair", "method", "dice", "dice_csf_gm_wm", "ndv_percent", "sdlogj", "lambda_median", "lambda_iqr",
-            "time_s"]  # fmt: skip
+            "steps", "time_s"]  # fmt: skip
     description = (
-        f"optimise options {options}; {args.threads} threads; same 2 mm working grid and affine for every method."
+        f"optimise options {options}; {args.threads} threads; same 2 mm working grid and affine for every method; "
+        "`steps`: optimiser steps taken (fine-tune: network updates)."
     )
     write_results(rows, keys, "Per-pair optimisation on real brains", description, args.output)
+    write_summary(rows, args.output.with_name(args.output.stem + "_summary.md"))
     return 0
+
+
+def write_summary(rows: list[dict[str, Any]], output: Path) -> None:
+    """Per pair: the Dice of SyN 100x70x50 and SyN-CC, and the fastest optimise(net) run reaching each (time ratio)."""
+    lines = [
+        "| pair | target | target Dice | target s | fastest optimise(net) reaching it | its Dice | its s | ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for pair in dict.fromkeys(r["pair"] for r in rows):
+        mine = [r for r in rows if r["pair"] == pair and r["method"].startswith("optimise(net)")]
+        for target in ("SyN 100x70x50", "SyN CC 100x70x50"):
+            ref = next((r for r in rows if r["pair"] == pair and r["method"] == target), None)
+            if ref is None:
+                continue
+            ok = sorted(
+                (r for r in mine if r["dice"] >= ref["dice"] and r["ndv_percent"] < 0.1), key=lambda r: r["time_s"]
+            )
+            best = ok[0] if ok else None
+            lines.append(
+                f"| {pair} | {target} | {ref['dice']} | {ref['time_s']} | {best['method'] if best else 'none'} | "
+                f"{best['dice'] if best else ''} | {best['time_s'] if best else ''} | "
+                f"{round(best['time_s'] / ref['time_s'], 3) if best else ''} |"
+            )
+    text = "# Time to reach ANTs SyN's Dice (NDV < 0.1 %)\n\n" + "\n".join(lines) + "\n"
+    output.write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

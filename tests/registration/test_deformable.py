@@ -128,6 +128,25 @@ def test_warm_start_from_a_velocity_and_weight(problem):
         )
 
 
+def test_stopping_rule_ends_each_level_once_the_loss_flattens(problem):
+    """With a tolerance, a level stops when the mean relative decrease over ``patience`` steps falls below it;
+    the history says where, and the rule's arithmetic is exact on a synthetic sequence."""
+    from svreg_monai.registration.deformable import _converged
+
+    assert not _converged([1.0, 0.5], 0.1, 2)  # not enough steps yet
+    assert not _converged([-1.0, -1.2, -1.4], 0.05, 2)  # 0.4 fall over 2 steps = 0.2 per step of |1| > 0.05
+    assert _converged([-1.0, -1.01, -1.02], 0.05, 2)  # 0.01 per step < 0.05
+    moving, fixed, _, _ = problem
+    full = optimize_spr(moving, fixed, levels=(2, 1), steps=(60, 30), kernel_size=5)
+    stopped = optimize_spr(moving, fixed, levels=(2, 1), steps=(60, 30), kernel_size=5, tolerance=2e-4, patience=5)
+    per_level = [sum(h["level"] == lvl for h in stopped.history) for lvl in (0, 1)]
+    assert 6 < per_level[0] < 60 and 5 < per_level[1] < 30, per_level
+    assert len(full.history) == 90
+    losses = [h["loss"] for h in stopped.history if h["level"] == 0]
+    assert (losses[-6] - losses[-1]) < 2e-4 * 5 * abs(losses[-6])  # it stopped because the rule held
+    assert (losses[-7] - losses[-2]) >= 2e-4 * 5 * abs(losses[-7])  # and not a step earlier
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -140,6 +159,10 @@ def test_warm_start_from_a_velocity_and_weight(problem):
         ({"lambda_max": -1.0}, "lambda_max"),
         ({"prior": "laplace"}, "prior"),
         ({"field_scale": 0}, "field_scale"),
+        ({"tolerance": -1e-3}, "tolerance"),
+        ({"tolerance": float("nan")}, "tolerance"),
+        ({"patience": 0}, "patience"),
+        ({"patience": 2.5}, "patience"),
     ],
 )
 def test_bad_options(kwargs, match):
