@@ -8,10 +8,12 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Data: the IXI reference format, JSON datalists of NIfTI/MHA files, item checks and the offline demo data set."""
+"""Data: the IXI reference format, JSON datalists of NIfTI/MHA files, item checks, the offline demo data set and
+the on-the-fly pair generator (SynthMorph recipe) over anatomies read from package archives."""
 
 from __future__ import annotations
 
+from .anatomy import REGISTRY_ANATOMY, aseg_tissue, kmeans_labels, load_registry_anatomy, mni_grid, read_archive_member
 from .checks import CheckRegistrationPaird
 from .datalist import DATALIST_MODES, load_registration_datalist, write_registration_datalist
 from .demo import (
@@ -38,6 +40,15 @@ from .ixi import (
     remap_labels,
 )
 from .splits import SPLIT_NAMES, load_split
+from .synth import (
+    AnatomySource,
+    SynthRegistrationDataset,
+    corrupt_intensity,
+    random_affine_ddf,
+    random_deformation,
+    random_velocity,
+    synthesize_image,
+)
 
 __all__ = [
     "DATALIST_MODES",
@@ -53,7 +64,20 @@ __all__ = [
     "IXI_SPLITS",
     "IXI_VOI_LABELS",
     "IXI_VOI_NAMES",
+    "REGISTRY_ANATOMY",
     "SPLIT_NAMES",
+    "AnatomySource",
+    "SynthRegistrationDataset",
+    "aseg_tissue",
+    "corrupt_intensity",
+    "kmeans_labels",
+    "load_registry_anatomy",
+    "mni_grid",
+    "random_affine_ddf",
+    "random_deformation",
+    "random_velocity",
+    "read_archive_member",
+    "synthesize_image",
     "CheckRegistrationPaird",
     "IXIDataset",
     "LoadIXIPickled",

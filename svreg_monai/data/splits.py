@@ -50,6 +50,11 @@ def load_split(
         raise ValueError(f"split must be one of {sorted(SPLIT_NAMES)}, got {split!r}.")
     if source == "ixi":
         return ixi_datalist(dataset_dir, SPLIT_NAMES[split])
+    if source == "synth":
+        raise ValueError(
+            "source 'synth' has no file lists: its pairs are generated on the fly by "
+            "svreg_monai.data.SynthRegistrationDataset (configs/synth.json wires it)."
+        )
     if source not in DATASET_SOURCES:
         raise ValueError(f"source must be one of {DATASET_SOURCES}, got {source!r}.")
     datalist_file = Path(dataset_dir) / "datalist.json" if datalist_file is None else Path(datalist_file)
