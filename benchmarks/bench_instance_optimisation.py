@@ -206,8 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lambda_max", type=float, default=5.0)
     parser.add_argument("--prior_param", type=float, default=1.01)
     parser.add_argument("--field_scale", type=int, default=2)
+    parser.add_argument("--ants_settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows of other pairs already in --output's JSON (a run in pieces)")  # fmt: skip
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/instance_optimisation.md"))
     args = parser.parse_args(argv)
+    kept: list[dict[str, Any]] = []
+    if args.append and args.output.with_suffix(".json").is_file():
+        kept = [r for r in json.loads(args.output.with_suffix(".json").read_text()) if r["pair"] not in args.pairs]
     torch.set_num_threads(args.threads)
     network = shipped_network()
     options = {"levels": (2, 1), "steps": tuple(args.steps), "learning_rate": 0.05, "field_scale": args.field_scale,
@@ -264,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             add(pair, "fine-tune(net), same time", p, tuned.ddf, tuned.weight, time.perf_counter() - tic + t_net,
                 steps=ft_steps)  # fmt: skip
             for python, script, settings, prefix in (
-                (args.ants_python, ANTS_SCRIPT, SETTINGS, "ants_"),
+                (args.ants_python, ANTS_SCRIPT, {k: SETTINGS[k] for k in args.ants_settings}, "ants_"),
                 (args.elastix_python, ELASTIX_SCRIPT, ELASTIX_SETTINGS, "elastix_"),
             ):
                 if python is None:
@@ -280,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         f"optimise options {options}; {args.threads} threads; same 2 mm working grid and affine for every method; "
         "`steps`: optimiser steps taken (fine-tune: network updates)."
     )
+    if kept:
+        description += f" Rows of {sorted(dict.fromkeys(r['pair'] for r in kept))} kept from an earlier run (--append)."
+    rows = kept + rows
     write_results(rows, keys, "Per-pair optimisation on real brains", description, args.output)
     write_summary(rows, args.output.with_name(args.output.stem + "_summary.md"))
     return 0
@@ -292,7 +301,8 @@ def write_summary(rows: list[dict[str, Any]], output: Path) -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for pair in dict.fromkeys(r["pair"] for r in rows):
-        mine = [r for r in rows if r["pair"] == pair and r["method"].startswith("optimise(net)")]
+        mine = [r for r in rows if r["pair"] == pair and r["method"].startswith("optimise(net)")
+                and "bf16" not in r["method"]]  # fmt: skip
         for target in ("SyN 100x70x50", "SyN CC 100x70x50"):
             ref = next((r for r in rows if r["pair"] == pair and r["method"] == target), None)
             if ref is None:

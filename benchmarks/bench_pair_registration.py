@@ -84,11 +84,11 @@ def write_labels(image_path: Path, mask_path: Path | None, out: Path) -> Path:
 
 
 def command_line(script: str, argv: list[str]) -> str:
-    """The command that produced a result, with this machine's paths (``--data``, ``--ants_python``) masked."""
+    """The command that produced a result, with this machine's paths (data and other venvs' pythons) masked."""
     masked = list(argv)
     for i, arg in enumerate(masked[:-1]):
-        if arg in ("--data", "--ants_python"):
-            masked[i + 1] = "DIR" if arg == "--data" else "ANTS_PYTHON"
+        if arg in ("--data", "--ants_python", "--elastix_python"):
+            masked[i + 1] = {"--data": "DIR", "--ants_python": "ANTS_PYTHON", "--elastix_python": "ELASTIX_PYTHON"}[arg]
     return " ".join(["python", f"benchmarks/{script}", *masked])
 
 
@@ -113,8 +113,9 @@ def _grid(path: Path) -> str:
     return f"{''.join(nib.aff2axcodes(image.affine))} {zooms} mm"
 
 
-def shipped_network() -> TransMorphTVFSPR:
-    checkpoint = BUNDLE / "models" / "model.pt"
+def shipped_network(checkpoint: Path | None = None) -> TransMorphTVFSPR:
+    """The bundle's TM-SPR (``configs/register.json`` architecture) with ``checkpoint`` (default: the shipped one)."""
+    checkpoint = BUNDLE / "models" / "model.pt" if checkpoint is None else Path(checkpoint)
     config = json.loads((BUNDLE / "configs" / "register.json").read_text())
     window = checkpoint_window_size(checkpoint, [s // 32 for s in config["image_size"]])
     net = TransMorphTVFSPR(
