@@ -53,3 +53,10 @@ def test_missing_archive_folder_is_named(tmp_path):
     proc = run_bundle(tmp_path, configs("train", "synth"), overrides=SYNTH_TINY, check=False)
     assert proc.returncode != 0
     assert "archives" in proc.stderr and "pip download" in proc.stderr
+
+
+def test_hyper_model_trains_on_synthesised_pairs(bundle):
+    """The hyper layer composes with the synth layer: one model for all (α, λ_max) on generated pairs."""
+    run_bundle(bundle, configs("train", "hyper_train", "synth"), overrides={**SYNTH_TINY, "max_epochs": 1})
+    saved = list((bundle / "runs" / "hyper" / "models").glob("*.pt"))
+    assert any(p.name == "hyper_model.pt" for p in saved), saved
