@@ -82,6 +82,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from svreg_monai.apps.pair_registration import _normalise, _working_grid, load_checked_image
+from svreg_monai.data.anatomy import kmeans_labels
 from svreg_monai.registration.affine import affine_register, center_of_mass
 from svreg_monai.utils.world import ras_to_lps, resample_through, world_coordinates
 
@@ -133,31 +134,9 @@ class Subject:
 # ------------------------------------------------------------------------------------------------------ labels
 
 
-def tissue_labels(image: np.ndarray, brain: np.ndarray, iterations: int = 100) -> np.ndarray:
-    """CSF = 1 / GM = 2 / WM = 3 by a 1D 3-class k-means of the intensities inside ``brain`` (0 outside).
-
-    Args:
-        image: ``(*S)`` intensities (a T1-weighted image: CSF dark, WM bright).
-        brain: ``(*S)`` bool brain mask.
-        iterations: the most Lloyd iterations (it stops when the assignment no longer changes).
-
-    Returns:
-        ``(*S)`` uint8 labels, classes ordered by their mean intensity.
-    """
-    values = image[brain].astype(np.float64)
-    centres = np.percentile(values, [10.0, 50.0, 90.0])
-    assign = np.zeros(values.shape, dtype=np.int64)
-    for _ in range(iterations):
-        # 1D: the nearest centre is given by the midpoints between sorted centres
-        centres = np.sort(centres)
-        new = np.searchsorted((centres[:-1] + centres[1:]) / 2, values)
-        if _ > 0 and np.array_equal(new, assign):
-            break
-        assign = new
-        centres = np.array([values[assign == k].mean() if (assign == k).any() else centres[k] for k in range(3)])
-    labels = np.zeros(image.shape, dtype=np.uint8)
-    labels[brain] = assign + 1
-    return labels
+def tissue_labels(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """CSF = 1 / GM = 2 / WM = 3 by a 1D 3-class k-means of the T1 intensities inside ``brain`` (0 outside)."""
+    return kmeans_labels(image, brain, 3)
 
 
 def dice(pred: torch.Tensor, target: torch.Tensor, region: torch.Tensor, classes: tuple[int, ...] = (1, 2, 3)) -> float:
