@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from monai.engines.utils import PrepareBatch
 
-from svreg_monai.inferers.registration import describe_source
+from svreg_monai.utils.io import describe_source
 from svreg_monai.utils.keys import RegistrationKeys
 
 __all__ = ["RegistrationPrepareBatch"]

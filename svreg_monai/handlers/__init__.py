@@ -13,10 +13,12 @@ and the per-pair result writer."""
 
 from __future__ import annotations
 
+from svreg_monai.utils.io import file_stem, pair_id_from_filenames
+
 from .checkpoint import TrainingCheckpoint, latest_checkpoint
 from .loss_terms import LossTermsHandler
 from .nonfinite import SkipNonFiniteGradients
-from .result_writer import RegistrationResultWriter, file_stem, pair_id_from_filenames
+from .result_writer import RegistrationResultWriter
 from .tensorboard_images import RegistrationTensorBoardImageHandler
 
 __all__ = [

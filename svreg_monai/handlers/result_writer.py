@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,49 +41,13 @@ from ignite.engine import Engine, Events
 from svreg_monai.handlers._batch import SampleView, engine_data, sample_views
 from svreg_monai.metrics.functional import compute_jacobian_metrics, jacobian_determinant
 from svreg_monai.metrics.labels import labels_to_onehot
-from svreg_monai.utils.io import save_nifti, write_csv
+from svreg_monai.utils.io import pair_id_from_filenames, save_nifti, write_csv
 from svreg_monai.utils.keys import RegistrationKeys
 from svreg_monai.visualize.figures import registration_figure
 
-__all__ = ["RegistrationResultWriter", "pair_id_from_filenames", "file_stem"]
+__all__ = ["RegistrationResultWriter"]
 
 logger = logging.getLogger(__name__)
-
-_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".pkl", ".npz", ".npy", ".png")
-_SUBJECT_NUMBER = re.compile(r"\d{2,}")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
-
-
-def file_stem(filename: str | os.PathLike) -> str:
-    """Name identifying an image file: its stem, prefixed by its folder when the stem alone is ambiguous.
-
-    The image suffix (``.nii.gz``, ``.nii``, ``.mha``, ``.mhd``, ``.nrrd``, ``.pkl``, ``.npz``, ``.npy``,
-    ``.png``) is stripped. A stem without a number of at least two digits (a generic name such as ``T1``,
-    ``brain`` or ``aligned_norm``, shared by every subject) is prefixed by the parent folder name:
-    ``sub-001/T1.nii.gz -> sub-001_T1``, ``OASIS_0001_0000.nii.gz -> OASIS_0001_0000``. Characters other than
-    letters, digits and ``._+-`` become ``_``.
-
-    Args:
-        filename: path of the image file.
-
-    Returns:
-        the identifier.
-    """
-    path = Path(str(filename))
-    name = path.name
-    for suffix in _IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            name = name[: -len(suffix)]
-            break
-    parent = path.parent.name
-    if parent and not _SUBJECT_NUMBER.search(name):
-        name = f"{parent}_{name}"
-    return _UNSAFE.sub("_", name).strip("_") or "image"
-
-
-def pair_id_from_filenames(moving: str | os.PathLike, fixed: str | os.PathLike) -> str:
-    """``<moving>_to_<fixed>`` from the two file names, each shortened by :func:`file_stem`."""
-    return f"{file_stem(moving)}_to_{file_stem(fixed)}"
 
 
 def _dice(pred: torch.Tensor, target: torch.Tensor) -> list[float]:

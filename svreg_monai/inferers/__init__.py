@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
-from .registration import RegistrationInferer, describe_source
+from svreg_monai.utils.io import describe_source
+
+from .registration import RegistrationInferer
 
 __all__ = ["RegistrationInferer", "describe_source"]

@@ -20,20 +20,10 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import Inferer
 
-from svreg_monai.networks.nets.outputs import RegistrationOutput
+from svreg_monai.utils.io import describe_source
+from svreg_monai.utils.outputs import RegistrationOutput
 
-__all__ = ["RegistrationInferer", "describe_source"]
-
-
-def describe_source(image: torch.Tensor) -> str:
-    """Return ``" (file 'a.nii.gz')"`` when ``image`` is a MONAI ``MetaTensor`` that knows its file, else ``""``."""
-    meta = getattr(image, "meta", None)
-    if not isinstance(meta, dict):
-        return ""
-    name = meta.get("filename_or_obj")
-    if isinstance(name, (list, tuple)):
-        name = ", ".join(str(n) for n in name)
-    return f" (file {str(name)!r})" if name else ""
+__all__ = ["RegistrationInferer"]
 
 
 class RegistrationInferer(Inferer):

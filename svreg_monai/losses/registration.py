@@ -20,8 +20,8 @@ import torch.nn as nn
 
 from svreg_monai.blocks.warping import RegistrationWarp
 from svreg_monai.losses.regularization import SpatiallyVaryingRegularizationLoss
-from svreg_monai.networks.nets.outputs import RegistrationOutput
 from svreg_monai.utils.keys import RegistrationKeys
+from svreg_monai.utils.outputs import RegistrationOutput
 
 __all__ = ["RegistrationLoss"]
 

@@ -20,8 +20,8 @@ from monai.transforms import Transform
 
 from svreg_monai.blocks.warping import RegistrationWarp, warp_labels
 from svreg_monai.metrics.labels import labels_to_onehot
-from svreg_monai.networks.nets.outputs import RegistrationOutput
 from svreg_monai.utils.keys import RegistrationKeys as K
+from svreg_monai.utils.outputs import RegistrationOutput
 
 __all__ = ["RegistrationPostprocessd", "to_label_tensor"]
 

@@ -35,8 +35,7 @@ import numpy as np
 import torch
 
 from svreg_monai.engines.hyper import FixedHyperSampler, ReferenceHyperMapping
-from svreg_monai.handlers.result_writer import file_stem
-from svreg_monai.utils.io import atomic_write, write_csv, write_json
+from svreg_monai.utils.io import atomic_write, file_stem, write_csv, write_json
 from svreg_monai.utils.validation import check_flag
 from svreg_monai.visualize.hyper import hyperparameter_grid_figure, landscape_figure
 

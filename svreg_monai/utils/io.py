@@ -31,6 +31,7 @@ import csv
 import json
 import math
 import os
+import re
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -39,7 +40,16 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-__all__ = ["atomic_path", "atomic_write", "save_nifti", "write_csv", "write_json"]
+__all__ = [
+    "atomic_path",
+    "atomic_write",
+    "describe_source",
+    "file_stem",
+    "pair_id_from_filenames",
+    "save_nifti",
+    "write_csv",
+    "write_json",
+]
 
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
 
@@ -348,3 +358,51 @@ def write_json(path: str | os.PathLike, content: Mapping[str, Any], indent: int 
     with atomic_write(path, "w") as f:
         f.write(text + "\n")
     return Path(path)
+
+
+_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".pkl", ".npz", ".npy", ".png")
+_SUBJECT_NUMBER = re.compile(r"\d{2,}")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def file_stem(filename: str | os.PathLike) -> str:
+    """Name identifying an image file: its stem, prefixed by its folder when the stem alone is ambiguous.
+
+    The image suffix (``.nii.gz``, ``.nii``, ``.mha``, ``.mhd``, ``.nrrd``, ``.pkl``, ``.npz``, ``.npy``,
+    ``.png``) is stripped. A stem without a number of at least two digits (a generic name such as ``T1``,
+    ``brain`` or ``aligned_norm``, shared by every subject) is prefixed by the parent folder name:
+    ``sub-001/T1.nii.gz -> sub-001_T1``, ``OASIS_0001_0000.nii.gz -> OASIS_0001_0000``. Characters other than
+    letters, digits and ``._+-`` become ``_``.
+
+    Args:
+        filename: path of the image file.
+
+    Returns:
+        the identifier.
+    """
+    path = Path(str(filename))
+    name = path.name
+    for suffix in _IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+            break
+    parent = path.parent.name
+    if parent and not _SUBJECT_NUMBER.search(name):
+        name = f"{parent}_{name}"
+    return _UNSAFE.sub("_", name).strip("_") or "image"
+
+
+def pair_id_from_filenames(moving: str | os.PathLike, fixed: str | os.PathLike) -> str:
+    """``<moving>_to_<fixed>`` from the two file names, each shortened by :func:`file_stem`."""
+    return f"{file_stem(moving)}_to_{file_stem(fixed)}"
+
+
+def describe_source(image: torch.Tensor) -> str:
+    """Return ``" (file 'a.nii.gz')"`` when ``image`` is a MONAI ``MetaTensor`` that knows its file, else ``""``."""
+    meta = getattr(image, "meta", None)
+    if not isinstance(meta, dict):
+        return ""
+    name = meta.get("filename_or_obj")
+    if isinstance(name, (list, tuple)):
+        name = ", ".join(str(n) for n in name)
+    return f" (file {str(name)!r})" if name else ""

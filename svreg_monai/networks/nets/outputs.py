@@ -8,27 +8,11 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""The typed output of the spatially varying registration networks."""
+"""The networks' output type; defined in :mod:`svreg_monai.utils.outputs` (losses, inferers and transforms use it
+without importing the networks) and re-exported here, where the networks return it."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-import torch
+from svreg_monai.utils.outputs import RegistrationOutput
 
 __all__ = ["RegistrationOutput"]
-
-
-class RegistrationOutput(NamedTuple):
-    """Output of a spatially varying registration network.
-
-    Attributes:
-        ddf: ``(B, N, *S)`` displacement (moving -> fixed, pull-back) in voxels of the full-resolution input.
-        velocity: ``(B, N, *S')`` velocity field that was integrated, in voxels of the grid it lives on
-            (half resolution for TM-SPR).
-        weight: ``(B, 1, *S)`` voxel-wise regularisation weight lambda(x) at full resolution.
-    """
-
-    ddf: torch.Tensor
-    velocity: torch.Tensor
-    weight: torch.Tensor
