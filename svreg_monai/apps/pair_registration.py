@@ -54,11 +54,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 from monai.data import MetaTensor
-from monai.metrics import compute_dice
 from monai.transforms import DivisiblePad, LoadImage, Orientation, ScaleIntensityRangePercentiles, Spacing
 from monai.utils import StrEnum, look_up_option
 
 from svreg_monai.metrics.functional import jacobian_determinant, non_diffeomorphic_measures, sd_log_jacobian
+from svreg_monai.metrics.labels import dice_per_structure
 from svreg_monai.registration.affine import affine_register
 from svreg_monai.registration.deformable import optimize_spr, summarize_history
 from svreg_monai.utils.io import save_nifti, write_json
@@ -514,14 +514,8 @@ def _working_grid(fixed: MetaTensor, spacing: float, size_divisor: int) -> Any:
 def _dice(
     pred: torch.Tensor, target: torch.Tensor, labels: Sequence[int], mask: torch.Tensor | None
 ) -> dict[str, float]:
-    """Dice per label value (MONAI ``compute_dice``, one structure at a time to bound memory) and their mean."""
-    out: dict[str, float] = {}
-    for v in labels:
-        p, t = pred == v, target == v
-        if mask is not None:
-            p, t = p & mask, t & mask
-        value = compute_dice(p[None, None].float(), t[None, None].float(), include_background=True, ignore_empty=True)
-        out[str(v)] = float(value)
+    """Dice per label value (:func:`~svreg_monai.metrics.dice_per_structure`) and their mean."""
+    out = {str(v): dice_per_structure((pred == v)[None, None], (target == v)[None, None], mask)[0] for v in labels}
     values = [d for d in out.values() if not np.isnan(d)]
     out["mean"] = float(np.mean(values)) if values else float("nan")
     return out

@@ -40,7 +40,7 @@ from ignite.engine import Engine, Events
 
 from svreg_monai.handlers._batch import SampleView, engine_data, sample_views
 from svreg_monai.metrics.functional import compute_jacobian_metrics, jacobian_determinant
-from svreg_monai.metrics.labels import labels_to_onehot
+from svreg_monai.metrics.labels import dice_per_structure, labels_to_onehot
 from svreg_monai.utils.io import pair_id_from_filenames, save_nifti, write_csv
 from svreg_monai.utils.keys import RegistrationKeys
 from svreg_monai.visualize.figures import registration_figure
@@ -48,16 +48,6 @@ from svreg_monai.visualize.figures import registration_figure
 __all__ = ["RegistrationResultWriter"]
 
 logger = logging.getLogger(__name__)
-
-
-def _dice(pred: torch.Tensor, target: torch.Tensor) -> list[float]:
-    """Dice of each channel of two ``(1, K, *S)`` binary maps; NaN for a structure absent from both."""
-    dims = tuple(range(2, pred.ndim))
-    p, t = pred > 0.5, target > 0.5
-    inter = (p & t).sum(dim=dims).double()
-    denom = p.sum(dim=dims).double() + t.sum(dim=dims).double()
-    dice = torch.where(denom > 0, 2.0 * inter / denom.clamp(min=1), torch.full_like(denom, float("nan")))
-    return [float(v) for v in dice[0]]
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -259,9 +249,9 @@ class RegistrationResultWriter:
             if label is not None and fixed_label is not None:
                 pred = labels_to_onehot(label[None].round().long(), self.label_values)
                 target = labels_to_onehot(fixed_label[None].round().long(), self.label_values)
-                return _dice(pred, target)
+                return dice_per_structure(pred, target)
             if have_onehot and onehot.shape[0] == len(self.label_values):
-                return _dice(onehot[None], fixed_onehot[None])
+                return dice_per_structure(onehot[None], fixed_onehot[None])
             return None
         if not have_onehot:
             return None
@@ -271,7 +261,7 @@ class RegistrationResultWriter:
             raise ValueError(
                 f"{onehot_key} has {onehot.shape[0]} channels, but earlier samples had {len(self._dice_names)}."
             )
-        return _dice(onehot[None], fixed_onehot[None])
+        return dice_per_structure(onehot[None], fixed_onehot[None])
 
     def _dice_row(self, values: list[float] | None) -> dict[str, float]:
         if self._dice_names is None:

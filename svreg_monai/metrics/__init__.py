@@ -22,13 +22,14 @@ from .functional import (
     sd_log_jacobian,
 )
 from .jacobian import JacobianMetric
-from .labels import labels_to_onehot
+from .labels import dice_per_structure, labels_to_onehot
 
 __all__ = [
     "JacobianMetric",
     "NonDiffeomorphicMeasures",
     "compute_jacobian_metrics",
     "jacobian_determinant",
+    "dice_per_structure",
     "labels_to_onehot",
     "negative_jacobian_percent",
     "non_diffeomorphic_measures",

@@ -21,10 +21,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from monai.metrics import compute_dice
 
 from svreg_monai.utils.validation import check_tensor
 
-__all__ = ["labels_to_onehot"]
+__all__ = ["dice_per_structure", "labels_to_onehot"]
 
 
 def labels_to_onehot(labels: torch.Tensor, label_values: Sequence[int] | Sequence[Sequence[int]]) -> torch.Tensor:
@@ -57,3 +58,32 @@ def labels_to_onehot(labels: torch.Tensor, label_values: Sequence[int] | Sequenc
         values_t = torch.tensor([int(v) for v in values], device=labels.device, dtype=labels.dtype)
         channels.append(torch.isin(labels[:, 0], values_t))
     return torch.stack(channels, dim=1).float()
+
+
+def dice_per_structure(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> list[float]:
+    """Dice of each channel of two ``(1, K, *S)`` binary (one-hot) maps, optionally inside ``mask``.
+
+    The one Dice of the package outside the engines' ``MeanDice`` handlers, with the same definition: MONAI's
+    ``compute_dice`` with ``include_background=True, ignore_empty=True`` (NaN for a structure absent from
+    ``target``), one channel at a time so that many structures on a large grid do not need ``K`` float copies.
+
+    Args:
+        pred: ``(1, K, *S)`` predicted maps (values > 0.5 count as inside).
+        target: ``(1, K, *S)`` reference maps.
+        mask: ``(*S)`` bool region, or None for the whole grid.
+
+    Returns:
+        ``K`` Dice values.
+    """
+    if pred.shape != target.shape or pred.ndim < 3 or pred.shape[0] != 1:
+        raise ValueError(f"pred and target must both be (1, K, *S), got {tuple(pred.shape)} and {tuple(target.shape)}.")
+    if mask is not None and tuple(mask.shape) != tuple(pred.shape[2:]):
+        raise ValueError(f"mask must have the spatial shape {tuple(pred.shape[2:])}, got {tuple(mask.shape)}.")
+    out = []
+    for k in range(pred.shape[1]):
+        p, t = pred[0, k] > 0.5, target[0, k] > 0.5
+        if mask is not None:
+            p, t = p & mask, t & mask
+        out.append(float(compute_dice(p[None, None].float(), t[None, None].float(), include_background=True,
+                                      ignore_empty=True)))  # fmt: skip
+    return out

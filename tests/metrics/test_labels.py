@@ -10,12 +10,15 @@
 # limitations under the License.
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 from monai.metrics import DiceMetric
 
 from svreg_monai.blocks import warp_labels
-from svreg_monai.metrics import labels_to_onehot
+from svreg_monai.metrics import dice_per_structure, labels_to_onehot
 
 
 def test_onehot_selects_and_merges_structures():
@@ -52,3 +55,27 @@ def test_dice_of_warped_labels_with_monai_dicemetric():
 def test_labels_to_onehot_errors(labels, values, match):
     with pytest.raises(ValueError, match=match):
         labels_to_onehot(labels, values)
+
+
+@pytest.mark.parametrize(
+    "pred, target, mask, expected",
+    [
+        ([[1, 1, 0, 0]], [[1, 0, 0, 0]], None, [2 / 3]),  # 2 * 1 / (2 + 1)
+        ([[1, 1, 0, 0], [0, 0, 1, 1]], [[1, 1, 0, 0], [0, 0, 0, 1]], None, [1.0, 2 / 3]),
+        ([[0, 0, 0, 0]], [[0, 0, 0, 0]], None, [math.nan]),  # absent from both: NaN, as MONAI's DiceMetric
+        ([[1, 0, 0, 0]], [[0, 0, 0, 0]], None, [math.nan]),  # absent from the target: NaN (ignore_empty)
+        ([[1, 1, 1, 0]], [[1, 0, 1, 1]], [True, True, False, False], [2 / 3]),  # only the first two voxels count
+    ],
+)
+def test_dice_per_structure(pred, target, mask, expected):
+    p = torch.tensor(pred, dtype=torch.float32)[None, :, :, None]  # (1, K, 4, 1)
+    t = torch.tensor(target, dtype=torch.float32)[None, :, :, None]
+    m = None if mask is None else torch.tensor(mask)[:, None]
+    np.testing.assert_allclose(dice_per_structure(p, t, m), expected, rtol=1e-6, equal_nan=True)
+
+
+def test_dice_per_structure_bad_shapes():
+    with pytest.raises(ValueError, match="must both be"):
+        dice_per_structure(torch.zeros(1, 2, 4, 4), torch.zeros(1, 3, 4, 4))
+    with pytest.raises(ValueError, match="mask"):
+        dice_per_structure(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 4, 4), torch.zeros(3, 3, dtype=torch.bool))
