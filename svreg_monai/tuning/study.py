@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 from ignite.engine import Engine, Events
+from monai.utils import OptionalImportError, optional_import
 
 from svreg_monai.utils.io import write_json
 
@@ -61,13 +62,12 @@ logger = logging.getLogger(__name__)
 
 def import_optuna() -> Any:
     """Import and return :mod:`optuna`, or raise an ImportError that says how to install it."""
-    try:
-        import optuna
-    except ImportError as e:
-        raise ImportError(
+    optuna, has_optuna = optional_import("optuna")
+    if not has_optuna:
+        raise OptionalImportError(
             "Bayesian optimisation of the hyperparameters needs Optuna, which is not installed; install it with "
             "`pip install svreg-monai[tune]` (or `pip install optuna`)."
-        ) from e
+        )
     return optuna
 
 

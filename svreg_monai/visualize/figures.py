@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.utils import OptionalImportError, optional_import
 
 from svreg_monai.metrics.functional import jacobian_determinant
 from svreg_monai.utils.io import atomic_write
@@ -255,14 +256,13 @@ def tensorboard_slices(
 
 
 def _import_matplotlib() -> tuple[type, type]:
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as e:
-        raise ImportError(
+    canvas, has_agg = optional_import("matplotlib.backends.backend_agg", name="FigureCanvasAgg")
+    figure, has_figure = optional_import("matplotlib.figure", name="Figure")
+    if not (has_agg and has_figure):
+        raise OptionalImportError(
             "registration_figure requires matplotlib, which is not installed; install it with `pip install matplotlib`."
-        ) from e
-    return Figure, FigureCanvasAgg
+        )
+    return figure, canvas
 
 
 def registration_figure(

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.utils import OptionalImportError
 
 from svreg_monai.utils.io import atomic_write
 from svreg_monai.visualize.fields import deformed_grid
@@ -40,8 +41,8 @@ _MAX_ANNOTATED = 12  # cells per axis up to which values are printed in the cell
 def _matplotlib() -> tuple[type, type]:
     try:
         return _import_matplotlib()
-    except ImportError as e:
-        raise ImportError(
+    except OptionalImportError as e:
+        raise OptionalImportError(
             "the hyperparameter figures require matplotlib, which is not installed; install it with "
             "`pip install matplotlib`."
         ) from e
