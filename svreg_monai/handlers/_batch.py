@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.utils import convert_to_tensor
 
 from svreg_monai.utils.keys import RegistrationKeys
 
@@ -52,7 +53,7 @@ def engine_data(engine: Any) -> Any:
 
 def _plain(x: torch.Tensor) -> torch.Tensor:
     x = x.detach()
-    return x.as_tensor() if hasattr(x, "as_tensor") else x
+    return convert_to_tensor(x, track_meta=False)
 
 
 class SampleView:

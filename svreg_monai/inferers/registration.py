@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from monai.inferers import Inferer
+from monai.utils import convert_to_tensor
 
 from svreg_monai.utils.io import describe_source
 from svreg_monai.utils.outputs import RegistrationOutput
@@ -91,7 +92,7 @@ class RegistrationInferer(Inferer):
 
         def _pad(x: Any) -> Any:
             if isinstance(x, torch.Tensor) and x.ndim == inputs.ndim and tuple(x.shape[2:]) == shape:
-                x = x.as_tensor() if hasattr(x, "as_tensor") else x
+                x = convert_to_tensor(x, track_meta=False)
                 return F.pad(x, pad, mode="constant", value=self.pad_value)
             if isinstance(x, torch.Tensor) and x.ndim == inputs.ndim:
                 self._padding(x)  # raises a clear error for a mismatched second image

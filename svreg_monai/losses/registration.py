@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from monai.utils import convert_to_tensor
 
 from svreg_monai.blocks.warping import RegistrationWarp
 from svreg_monai.losses.regularization import SpatiallyVaryingRegularizationLoss
@@ -84,8 +85,7 @@ class RegistrationLoss(nn.Module):
                 raise ValueError(f"targets must hold {key!r}; keys received: {sorted(targets)}.")
         moving = targets[RegistrationKeys.MOVING]
         fixed = targets[RegistrationKeys.FIXED]
-        if hasattr(moving, "as_tensor"):
-            moving, fixed = moving.as_tensor(), fixed.as_tensor()
+        moving, fixed = convert_to_tensor(moving, track_meta=False), convert_to_tensor(fixed, track_meta=False)
         warped = self.warp(moving, pred.ddf)
         similarity = self.similarity(warped, fixed)
         reg = self.regularization(

@@ -26,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.utils import convert_to_tensor
 
 from svreg_monai.losses.functional_similarity import local_normalized_cross_correlation_loss
 from svreg_monai.utils.world import check_affine, sample_at_world_points, world_coordinates
@@ -149,8 +150,8 @@ def affine_register(
         )
     a_m = check_affine(moving_affine, "moving_affine", spatial_dims=n)
     a_f = check_affine(fixed_affine, "fixed_affine", spatial_dims=n)
-    moving = (moving.as_tensor() if hasattr(moving, "as_tensor") else moving).detach().float().cpu()
-    fixed = (fixed.as_tensor() if hasattr(fixed, "as_tensor") else fixed).detach().float().cpu()
+    moving = convert_to_tensor(moving, track_meta=False).detach().float().cpu()
+    fixed = convert_to_tensor(fixed, track_meta=False).detach().float().cpu()
 
     c_f = center_of_mass(fixed, a_f)
     if initial_matrix is None:

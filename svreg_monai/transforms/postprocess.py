@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from monai.transforms import Transform
+from monai.utils import convert_to_tensor
 
 from svreg_monai.blocks.warping import RegistrationWarp, warp_labels
 from svreg_monai.metrics.labels import labels_to_onehot
@@ -28,8 +29,7 @@ __all__ = ["RegistrationPostprocessd", "to_label_tensor"]
 
 def to_label_tensor(labels: torch.Tensor, name: str = "labels") -> torch.Tensor:
     """Return ``labels`` as a plain ``torch.long`` tensor, checking that float-stored labels hold integers."""
-    if hasattr(labels, "as_tensor"):
-        labels = labels.as_tensor()
+    labels = convert_to_tensor(labels, track_meta=False)
     if labels.is_floating_point():
         rounded = labels.round()
         if not bool(torch.isfinite(labels).all()) or not torch.equal(rounded, labels):
@@ -88,7 +88,7 @@ class RegistrationPostprocessd(Transform):
         ddf = d[K.DDF]
         with torch.no_grad():
             moving = d[K.MOVING]
-            moving = moving.as_tensor() if hasattr(moving, "as_tensor") else moving
+            moving = convert_to_tensor(moving, track_meta=False)
             d[K.WARPED] = self.warp(moving.to(device=ddf.device, dtype=ddf.dtype), ddf)
             if d.get(K.MOVING_LABEL) is not None:
                 moving_label = to_label_tensor(d[K.MOVING_LABEL], "moving_label").to(ddf.device)

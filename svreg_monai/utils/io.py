@@ -39,6 +39,7 @@ from typing import IO, Any
 
 import numpy as np
 import torch
+from monai.utils import convert_to_tensor
 
 __all__ = [
     "atomic_path",
@@ -185,8 +186,7 @@ def atomic_write(
 def _to_numpy(x: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach()
-        if hasattr(x, "as_tensor"):  # monai.data.MetaTensor -> plain tensor
-            x = x.as_tensor()
+        x = convert_to_tensor(x, track_meta=False)
         return x.cpu().numpy()
     if isinstance(x, np.ndarray):
         return x

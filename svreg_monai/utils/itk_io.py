@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.utils import convert_to_tensor
 
 from svreg_monai.utils.io import atomic_path
 from svreg_monai.utils.world import check_affine, ras_to_lps
@@ -49,7 +50,7 @@ def _itk() -> Any:
 
 def _numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
     if isinstance(x, torch.Tensor):
-        x = (x.as_tensor() if hasattr(x, "as_tensor") else x).detach().cpu().numpy()
+        x = convert_to_tensor(x, track_meta=False).detach().cpu().numpy()
     return np.asarray(x)
 
 

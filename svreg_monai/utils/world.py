@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.utils import convert_to_tensor
 
 __all__ = [
     "RAS_TO_LPS",
@@ -157,7 +158,7 @@ def sample_at_world_points(
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}.")
     data = image if image.is_floating_point() else image.float()
-    data = data.as_tensor() if hasattr(data, "as_tensor") else data
+    data = convert_to_tensor(data, track_meta=False)
     vox = world_to_voxel(points.to(data.dtype), affine)
     shape = torch.tensor(image.shape[1:], dtype=vox.dtype, device=vox.device)
     grid = (2.0 * vox / (shape - 1).clamp_min(1) - 1.0).flip(-1)  # grid_sample wants the last array axis first

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.utils import OptionalImportError, optional_import
+from monai.utils import OptionalImportError, convert_to_tensor, optional_import
 
 from svreg_monai.metrics.functional import jacobian_determinant
 from svreg_monai.utils.io import atomic_write
@@ -59,8 +59,7 @@ def _as_float_cpu(x: object, name: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}.")
     x = x.detach()
-    if hasattr(x, "as_tensor"):  # monai.data.MetaTensor -> plain tensor
-        x = x.as_tensor()
+    x = convert_to_tensor(x, track_meta=False)
     return x.cpu().float()
 
 

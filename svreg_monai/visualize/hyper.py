@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.utils import OptionalImportError
+from monai.utils import OptionalImportError, convert_to_tensor
 
 from svreg_monai.utils.io import atomic_write
 from svreg_monai.visualize.fields import deformed_grid
@@ -170,8 +170,7 @@ def _as_cpu(x: object, name: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}.")
     x = x.detach()
-    if hasattr(x, "as_tensor"):
-        x = x.as_tensor()
+    x = convert_to_tensor(x, track_meta=False)
     return x.cpu().float()
 
 
