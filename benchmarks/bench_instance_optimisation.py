@@ -185,10 +185,11 @@ def finetune(network: torch.nn.Module, m: torch.Tensor, f: torch.Tensor, seconds
 
 
 def run_external(python: Path, script: str, payload: dict[str, Any], threads: int) -> dict[str, float]:
-    """Run ``script`` (ANTs or elastix) in its own interpreter; returns {setting: seconds}."""
+    """Run ``script`` (ANTs or elastix) in its own interpreter, in the folder of ``payload["prefix"]`` (transformix
+    writes ``deformationField.nii`` into its working folder); returns {setting: seconds}."""
     env = {**os.environ, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(threads)}
     proc = subprocess.run([str(python), "-c", script, json.dumps(payload)], env=env, capture_output=True, text=True,
-                          check=True)  # fmt: skip
+                          check=True, cwd=str(Path(payload["prefix"]).parent))  # fmt: skip
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
