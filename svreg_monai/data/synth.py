@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.networks.layers import gaussian_1d, separable_filtering
 from torch.utils.data import Dataset
 
 from svreg_monai.blocks.integration import scaling_and_squaring
@@ -216,22 +217,12 @@ def random_deformation(
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``(1, 1, *S)`` with ``sigma`` voxels (replicate padding); identity below 0.1."""
+    """Separable Gaussian blur of ``(1, 1, *S)`` with ``sigma`` voxels (MONAI's ``gaussian_1d`` and
+    ``separable_filtering``, replicate padding); identity below 0.1."""
     if sigma < 0.1:
         return x
-    radius = max(1, int(math.ceil(3.0 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    n = x.ndim - 2
-    conv = F.conv3d if n == 3 else F.conv2d
-    for axis in range(n):
-        shape = [1, 1] + [1] * n
-        shape[2 + axis] = kernel.numel()
-        pad = [0, 0] * n
-        pad[2 * (n - 1 - axis)] = pad[2 * (n - 1 - axis) + 1] = radius
-        x = conv(F.pad(x, pad, mode="replicate"), kernel.view(shape))
-    return x
+    kernel = gaussian_1d(sigma, truncated=3.0).to(x)
+    return separable_filtering(x, [kernel] * (x.ndim - 2), mode="replicate")
 
 
 def synthesize_image(
