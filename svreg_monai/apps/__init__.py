@@ -20,6 +20,7 @@ from .pair_registration import (
     RegistrationMode,
     load_checked_image,
     load_network,
+    load_state_dict,
     register_pair,
     summarize_result,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "RegistrationMode",
     "load_checked_image",
     "load_network",
+    "load_state_dict",
     "register_pair",
     "summarize_result",
 ]

@@ -88,6 +88,7 @@ __all__ = [
     "RegistrationMode",
     "load_checked_image",
     "load_network",
+    "load_state_dict",
     "register_pair",
     "summarize_result",
 ]
@@ -323,6 +324,32 @@ def summarize_result(result: PairRegistrationResult) -> str:
 # ------------------------------------------------------------------------------------------------------- loading
 
 
+def load_state_dict(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a network's state dict from a file, on the CPU.
+
+    Args:
+        checkpoint: a state dict file, or a dict holding one under ``"model"`` or ``"network"`` (the bundle's
+            ``CheckpointSaver`` format).
+
+    Raises:
+        FileNotFoundError: when ``checkpoint`` does not exist.
+        ValueError: when it cannot be read or holds no state dict (the message names the file).
+    """
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"checkpoint {str(path)!r} could not be read: {type(e).__name__}: {e}") from e
+    for key in ("model", "network"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"checkpoint {str(path)!r} holds no state dict (a mapping of names to tensors).")
+    return state
+
+
 def load_network(network: nn.Module, checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """Load trained weights into ``network`` (strictly) and return it in eval mode on ``device``.
 
@@ -337,20 +364,11 @@ def load_network(network: nn.Module, checkpoint: str | os.PathLike, device: str 
         FileNotFoundError: when ``checkpoint`` does not exist.
         ValueError: when it cannot be read or does not fit ``network`` (the message names the file).
     """
-    path = Path(checkpoint).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"checkpoint {str(path)!r} could not be read: {type(e).__name__}: {e}") from e
-    for key in ("model", "network"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
+    state = load_state_dict(checkpoint)
     try:
         network.load_state_dict(state)
     except (RuntimeError, ValueError) as e:
-        raise ValueError(f"checkpoint {str(path)!r} does not fit {type(network).__name__}: {e}") from e
+        raise ValueError(f"checkpoint {str(checkpoint)!r} does not fit {type(network).__name__}: {e}") from e
     return network.to(device).eval()
 
 

@@ -55,8 +55,23 @@ def test_missing_archive_folder_is_named(tmp_path):
     assert "archives" in proc.stderr and "pip download" in proc.stderr
 
 
-def test_hyper_model_trains_on_synthesised_pairs(bundle):
-    """The hyper layer composes with the synth layer: one model for all (α, λ_max) on generated pairs."""
-    run_bundle(bundle, configs("train", "hyper_train", "synth"), overrides={**SYNTH_TINY, "max_epochs": 1})
+def test_hyper_model_trains_on_synthesised_pairs_from_a_plain_model(bundle):
+    """The hyper layer composes with the synth layer (one model for all (α, λ_max) on generated pairs), warm-started
+    from a plain model with ``--base_model``: the plain weights become the hyper layers' bases."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / f"{n}.json") for n in ("train", "synth")])
+    parser.update({"bundle_root": str(bundle), **SYNTH_TINY})
+    plain = parser.get_parsed_content("network_def")
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.fill_(0.0123)
+    torch.save(plain.state_dict(), bundle / "plain.pt")
+    run_bundle(bundle, configs("train", "hyper_train", "synth"), "--base_model", str(bundle / "plain.pt"),
+               overrides={**SYNTH_TINY, "max_epochs": 1, "rank": 1})  # fmt: skip
     saved = list((bundle / "runs" / "hyper" / "models").glob("*.pt"))
     assert any(p.name == "hyper_model.pt" for p in saved), saved
+    state = torch.load(bundle / "runs" / "hyper" / "models" / "hyper_model.pt", map_location="cpu", weights_only=True)
+    bases = [v for k, v in state.items() if k.endswith("weight_generator.base")]
+    assert bases and all(abs(v.mean().item() - 0.0123) < 2e-3 for v in bases)  # 3 Adam steps of 1e-4 at most

@@ -243,6 +243,41 @@ def test_hyperize_reproduces_network_at_init(make, shape, generator):
 
 
 @pytest.mark.parametrize("generator", GENERATORS)
+def test_load_base_state_dict_warm_starts_from_a_trained_plain_network(generator):
+    torch.manual_seed(7)
+    plain = UNet(2, 2, 3, channels=(4, 8), strides=(2,), num_res_units=1, norm="batch").eval()
+    hyper = hyperize(UNet(2, 2, 3, channels=(4, 8), strides=(2,), num_res_units=1, norm="batch"), generator=generator)
+    perturb(hyper)  # a hyper network that has moved away from its own initial weights
+    with torch.no_grad():  # and a "trained" plain network, buffers (batch-norm statistics) included
+        for p in plain.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        for name, b in plain.named_buffers():
+            if "running" in name:
+                b.add_(0.5)
+    assert hyper.load_base_state_dict(plain.state_dict()) is hyper
+    hyper.eval()
+    x, codes = torch.randn(2, 2, 16, 16), torch.rand(4, 2)
+    with torch.no_grad():
+        expected = plain(x)
+        for code in codes:
+            torch.testing.assert_close(hyper(x, hyper=code[None]), expected, rtol=1e-4, atol=1e-5)
+    # a state dict of another network is refused with the offending names
+    other = UNet(2, 2, 3, channels=(4, 16), strides=(2,), num_res_units=1, norm="batch").state_dict()
+    with pytest.raises(ValueError, match="wrong shapes"):
+        hyper.load_base_state_dict(other)
+    partial = dict(plain.state_dict())
+    name = next(iter(partial))
+    del partial[name]
+    with pytest.raises(ValueError, match="missing"):
+        hyper.load_base_state_dict(partial)
+    with pytest.raises(ValueError, match="unexpected"):
+        hyper.load_base_state_dict({**plain.state_dict(), "extra.weight": torch.zeros(1)})
+    without_base = hyperize(SmallNet(), generator=generator, base_weights=False)
+    with pytest.raises(ValueError, match="base_weights=True"):
+        without_base.load_base_state_dict(SmallNet().state_dict())
+
+
+@pytest.mark.parametrize("generator", GENERATORS)
 def test_gradients_reach_generators_and_hypernetwork(generator):
     torch.manual_seed(6)
     net = hyperize(SmallNet(), generator=generator, rank=2, hidden=16, layers=2)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Union
 
@@ -234,6 +234,59 @@ class HyperConditionedNetwork(nn.Module):
         """
         with self.conditioned(hyper):
             return self.network(*args, **kwargs)
+
+    def load_base_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> HyperConditionedNetwork:
+        """Start from a trained plain network: its weights become the bases, the code-dependent parts zero.
+
+        ``state_dict`` is the ``state_dict()`` of the network this one was built from (same architecture, not
+        hyper-conditioned), e.g. a trained plain model. Afterwards the conditioned network reproduces that model for
+        every code, and hyper training only has to learn how the weights move with the codes (a warm start; the
+        hypernetwork itself keeps its initialisation).
+
+        Args:
+            state_dict: the plain network's parameters and buffers, by their names in that network.
+
+        Returns:
+            ``self``, so that a config can write ``$@network_def.load_base_state_dict(...)``.
+
+        Raises:
+            ValueError: without base weights (``base_weights=False``), or when ``state_dict`` misses a parameter of
+                the plain network, has a name it does not know, or a tensor of another shape (all named).
+        """
+        if not self.base_weights:
+            raise ValueError("load_base_state_dict needs base_weights=True: this network has no base weights.")
+        layers = {name: self.network.get_submodule(name) for name in self.hyper_layer_names}
+        generated: dict[str, Any] = {}
+        for name, layer in layers.items():
+            generated[f"{name}.weight"] = layer.weight_generator
+            if layer.bias_generator is not None:
+                generated[f"{name}.bias"] = layer.bias_generator
+        rest = {key: value for key, value in state_dict.items() if key not in generated}
+        missing = sorted(set(generated) - set(state_dict))
+        own = self.network.state_dict()
+        generator_keys = {key for key in own if any(key.startswith(f"{name}.") for name in layers)}
+        missing += sorted(set(own) - generator_keys - set(rest))
+        unexpected = sorted(set(rest) - set(own))
+        shapes = [
+            f"{key}: {tuple(value.shape)} != {tuple(own[key].shape)}"
+            for key, value in rest.items()
+            if key in own and tuple(value.shape) != tuple(own[key].shape)
+        ]
+        shapes += [
+            f"{key}: {tuple(state_dict[key].shape)} != {generator.shape}"
+            for key, generator in generated.items()
+            if key in state_dict and tuple(state_dict[key].shape) != generator.shape
+        ]
+        if missing or unexpected or shapes:
+            raise ValueError(
+                "state_dict does not match the plain network this one conditions: "
+                f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, wrong shapes {shapes[:5]}."
+            )
+        for key, generator in generated.items():
+            generator.set_base(state_dict[key].to(generator.base.device, generator.base.dtype))
+        self.network.load_state_dict(rest, strict=False)
+        return self
 
     def extra_repr(self) -> str:
         rank = f", rank={self.rank}" if self.rank is not None else ""
