@@ -63,7 +63,20 @@ class _KeyMetricState:
         return self.checkpoint.state_dict()
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the list; entries whose file is gone (a checkpoint copied without its best model, a deleted
+        file) are dropped with a warning: Ignite would fail to remove them at the next improvement."""
         self.saver.load_state_dict(state_dict)
+        folder = getattr(self.checkpoint.save_handler, "dirname", None)
+        if folder is None:
+            return
+        kept = [item for item in self.checkpoint._saved if (Path(folder) / item.filename).is_file()]
+        for item in self.checkpoint._saved:
+            if item not in kept:
+                logging.getLogger(__name__).warning(
+                    "best model %s (metric %s) is listed in the resumed state but missing from %s; the next "
+                    "validation result starts a new best.", item.filename, item.priority, folder
+                )
+        self.checkpoint._saved[:] = kept
 
 
 class TrainingCheckpoint:

@@ -14,6 +14,7 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 from monai.engines import SupervisedTrainer
+from monai.handlers import CheckpointSaver
 
 from svreg_monai.handlers import LossTermsHandler, TrainingCheckpoint, latest_checkpoint
 
@@ -72,6 +73,28 @@ def test_resume_continues_after_last_finished_epoch(tmp_path):
     assert resumed.state.max_epochs == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=4.pt"]
     assert sched2.get_last_lr()[0] == pytest.approx(0.1 * 0.5**4)
+
+
+def test_resume_without_the_best_model_file_keeps_training(tmp_path):
+    """A checkpoint copied without its best model (or a deleted model.pt) must not stop training at the next
+    improvement, when Ignite would remove the listed, missing file."""
+
+    def run(max_epochs, resume):
+        trainer, net, _, _ = _trainer(max_epochs)
+        evaluator = Engine(lambda engine, batch: None)
+        evaluator.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(m=trainer.state.epoch))
+        saver = CheckpointSaver(str(tmp_path), {"model": net}, save_key_metric=True, key_metric_name="m",
+                                key_metric_filename="model.pt")  # fmt: skip
+        saver.attach(evaluator)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: evaluator.run([0]))
+        TrainingCheckpoint(tmp_path, {"network": net}, resume=resume, key_metric_saver=saver).attach(trainer)
+        trainer.run()
+        return trainer
+
+    run(2, resume=False)
+    (tmp_path / "model.pt").unlink()
+    assert run(3, resume=True).state.epoch == 3
+    assert (tmp_path / "model.pt").is_file()
 
 
 def test_resume_disabled_or_empty_starts_fresh(tmp_path):
