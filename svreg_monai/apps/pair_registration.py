@@ -59,6 +59,7 @@ from monai.utils import StrEnum, look_up_option
 
 from svreg_monai.metrics.functional import jacobian_determinant, non_diffeomorphic_measures, sd_log_jacobian
 from svreg_monai.metrics.labels import dice_per_structure
+from svreg_monai.priors import HyperparameterSpace
 from svreg_monai.registration.affine import affine_register
 from svreg_monai.registration.deformable import optimize_spr, summarize_history
 from svreg_monai.utils.io import save_nifti, write_json
@@ -161,7 +162,7 @@ class NetworkStage:
                 "inverse transform needs (TransMorphTVFSPR, HyperTransMorphTVFSPR and SpatiallyVaryingRegistrationNet "
                 "have one)."
             )
-        hyper = callable(getattr(network, "codes_to_hyperparameters", None))
+        hyper = isinstance(getattr(network, "space", None), HyperparameterSpace)
         if hyper and codes is None:
             raise ValueError("the network is hyper-conditioned: give its codes (b, r) in [0, 1], e.g. [0.5, 0.5].")
         if not hyper and codes is not None:
@@ -191,10 +192,10 @@ class NetworkStage:
             codes = self.codes.to(self.device)
             out = self.network(moving, fixed, codes, extrapolate=self.extrapolate)
             info["codes"] = self.codes[0].tolist()
-            alpha, lambda_max = self.network.codes_to_hyperparameters(  # type: ignore[operator]
-                codes, extrapolate=self.extrapolate
-            )
-            info["hyperparameters"] = {"alpha": float(alpha[0]), "lambda_max": float(lambda_max[0])}
+            space = self.network.space  # type: ignore[union-attr]
+            values = space.to_values(codes, extrapolate=self.extrapolate)
+            info["prior"] = space.prior.name
+            info["hyperparameters"] = {name: float(values[name][0]) for name in space.names}
         else:
             out = self.network(moving, fixed)
         inverse = self.network.inverse_ddf(out.velocity, tuple(fixed.shape[2:]))  # type: ignore[operator]
@@ -262,9 +263,11 @@ class OptimisationStage:
             if self.network_weight and start.weight is not None:
                 initial_weight = start.weight
             values = start.info.get("hyperparameters")
-            if values:
-                options.setdefault("lambda_max", values["lambda_max"])
-                options.setdefault("prior_param", values["alpha"])
+            if values:  # a hyper network: optimise with its prior at its setting (prior parameter first)
+                prior_param, lambda_max = values.values()
+                options.setdefault("prior", start.info["prior"])
+                options.setdefault("lambda_max", lambda_max)
+                options.setdefault("prior_param", prior_param)
         result = optimize_spr(
             moving.to(self.device),
             fixed.to(self.device),

@@ -13,25 +13,19 @@
 from __future__ import annotations
 
 from .hyper import (
-    DEFAULT_INV_SIGMA2_RANGE,
-    PRIOR_PARAMETER_NAMES,
     FixedHyperSampler,
     ReferenceHyperMapping,
     UniformHyperSampler,
     hyper_setting_name,
     save_hyper_setting,
-    values_to_codes,
 )
 from .prepare_batch import RegistrationPrepareBatch
 
 __all__ = [
-    "DEFAULT_INV_SIGMA2_RANGE",
     "FixedHyperSampler",
-    "PRIOR_PARAMETER_NAMES",
     "ReferenceHyperMapping",
     "RegistrationPrepareBatch",
     "UniformHyperSampler",
     "hyper_setting_name",
     "save_hyper_setting",
-    "values_to_codes",
 ]

@@ -33,34 +33,17 @@ from typing import Any
 
 import torch
 
-from svreg_monai.networks.nets.hyper_transmorph_spr import (
-    DEFAULT_ALPHA_RANGE,
-    DEFAULT_LAMBDA_RANGE,
-    codes_to_hyperparameters,
-)
+from svreg_monai.priors import PRIOR_REGISTRY, HyperparameterSpace, WeightPrior
 from svreg_monai.utils.io import write_json
 from svreg_monai.utils.validation import check_flag
 
 __all__ = [
-    "DEFAULT_INV_SIGMA2_RANGE",
     "FixedHyperSampler",
-    "PRIOR_PARAMETER_NAMES",
     "ReferenceHyperMapping",
     "UniformHyperSampler",
     "hyper_setting_name",
     "save_hyper_setting",
-    "values_to_codes",
 ]
-
-DEFAULT_INV_SIGMA2_RANGE = (0.0, 2.0)
-"""Gaussian-prior ``1 / sigma^2`` for codes 0 and 1 (the bundle's fixed default, 1.0, is the middle)."""
-
-PRIOR_PARAMETER_NAMES = {"beta": "alpha", "gaussian": "inv_sigma2"}
-"""Name of the prior parameter set by the first code, per prior (also the config id of the fixed-value bundle)."""
-
-# rounding tolerance of the inverse mapping (a float32 value at the end of a range may map just outside [0, 1])
-_CODE_TOLERANCE = 1e-5
-_HYPER_KEYS = ("codes", "alpha", "inv_sigma2", "lambda_max", "extrapolate")
 
 
 def _number(value: Any, name: str) -> float:
@@ -69,15 +52,6 @@ def _number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}.")
     return float(value)
-
-
-def _range(values: Sequence[float], name: str) -> tuple[float, float]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != 2:
-        raise ValueError(f"{name} must be (low, high), got {values!r}.")
-    lo, hi = (_number(v, name) for v in values)
-    if not lo < hi:
-        raise ValueError(f"{name} must be (low, high) with low < high, got {tuple(values)!r}.")
-    return lo, hi
 
 
 def _code_row(codes: Any, name: str, num_hyper: int | None = None) -> torch.Tensor:
@@ -95,69 +69,6 @@ def _code_row(codes: Any, name: str, num_hyper: int | None = None) -> torch.Tens
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} must be finite, got {t.tolist()}.")
     return t
-
-
-def _range_error(name: str, lo: float, hi: float, shown: Any) -> ValueError:
-    return ValueError(
-        f"{name} must lie in the range the network was trained on, [{lo:g}, {hi:g}], got {shown}; "
-        "pass extrapolate=True (config: hyper#extrapolate) to use values outside it."
-    )
-
-
-def _value_to_code(value: float, lo: float, hi: float, name: str, extrapolate: bool) -> float:
-    """Code of one value of a ``[lo, hi]`` range (clamped within the rounding tolerance unless extrapolating)."""
-    code = (value - lo) / (hi - lo)
-    if extrapolate:
-        return code
-    if not -_CODE_TOLERANCE <= code <= 1 + _CODE_TOLERANCE:
-        raise _range_error(name, lo, hi, value)
-    return min(max(code, 0.0), 1.0)
-
-
-def values_to_codes(
-    prior_param: float | torch.Tensor,
-    lambda_max: float | torch.Tensor,
-    prior_range: Sequence[float],
-    lambda_range: Sequence[float],
-    extrapolate: bool = False,
-    prior_name: str = "alpha",
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """Inverse of the linear code mapping: code 0 -> ``low``, code 1 -> ``high`` of each range.
-
-    Args:
-        prior_param: prior parameter (``alpha`` or ``inv_sigma2``), a number or a ``(B,)`` tensor.
-        lambda_max: regularisation scale, a number or a ``(B,)`` tensor (broadcast against ``prior_param``).
-        prior_range: prior parameter at codes 0 and 1.
-        lambda_range: ``lambda_max`` at codes 0 and 1.
-        extrapolate: accept values outside the ranges (codes outside ``[0, 1]``, where the network was not trained).
-        prior_name: name of the prior parameter in error messages.
-        dtype: dtype of the result (computed in float64).
-
-    Returns:
-        ``(B, 2)`` codes ``(b, r)`` (``B = 1`` for numbers).
-
-    Raises:
-        ValueError: for a value outside its range (unless ``extrapolate``), naming the value and the range; codes
-            within ``1e-5`` of ``[0, 1]`` (rounding at the ends of a range) are clamped into it.
-    """
-    ranges = (
-        (prior_name, _range(prior_range, f"{prior_name}_range")),
-        ("lambda_max", _range(lambda_range, "lambda_range")),
-    )
-    columns = []
-    for value, (name, (lo, hi)) in zip((prior_param, lambda_max), ranges):
-        if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
-            raise ValueError(f"{name} must be a number or a (B,) tensor, got {value!r}.")
-        t = torch.as_tensor(value, dtype=torch.float64).reshape(-1)
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} must be finite, got {t.tolist()}.")
-        code = (t - lo) / (hi - lo)
-        if not extrapolate and bool(((code < -_CODE_TOLERANCE) | (code > 1 + _CODE_TOLERANCE)).any()):
-            raise _range_error(name, lo, hi, t.tolist() if t.numel() > 1 else t.item())
-        columns.append(code if extrapolate else code.clamp(0.0, 1.0))
-    b, r = torch.broadcast_tensors(*columns)
-    return torch.stack((b, r), dim=1).to(dtype)
 
 
 def hyper_setting_name(prior_name: str, prior_param: float, lambda_max: float) -> str:
@@ -269,60 +180,46 @@ class FixedHyperSampler:
 
 
 class ReferenceHyperMapping:
-    """Map codes ``(b, r)`` to the loss hyperparameters linearly, as the reference: code 0 -> low, 1 -> high.
+    """Map codes ``(b, r)`` to the loss hyperparameters of a :class:`~svreg_monai.priors.HyperparameterSpace`.
 
-    - Beta prior: ``alpha = alpha_range[0] + (alpha_range[1] - alpha_range[0]) * b`` (reference ``1 + 0.2 b``);
-    - Gaussian prior: ``inv_sigma2`` over ``inv_sigma2_range`` in the same way;
-    - both: ``lambda_max = lambda_range[0] + (lambda_range[1] - lambda_range[0]) * r`` (reference ``5 r``).
-
-    Calling the mapping gives ``{"lambda_max": (B,), "prior_param": (B,)}``, the per-sample overrides that
+    The mapping is linear, as the reference's: code 0 -> low, 1 -> high of each range; for the Beta prior's
+    default space ``alpha = 1 + 0.2 b`` and ``lambda_max = 5 r``. Calling the mapping gives
+    ``{"lambda_max": (B,), "prior_param": (B,)}``, the per-sample overrides that
     :class:`~svreg_monai.losses.RegistrationLoss` reads from the targets (the ``hyper_to_loss`` of
-    :class:`~svreg_monai.engines.RegistrationPrepareBatch`). The ranges must be those the network was built with
-    (:class:`~svreg_monai.networks.nets.HyperTransMorphTVFSPR`'s ``alpha_range`` / ``lambda_range``).
+    :class:`~svreg_monai.engines.RegistrationPrepareBatch`). The space must be the one the network was built with
+    (the bundle configs pass one ``hyper_space`` to both).
 
     Args:
-        prior: ``"beta"`` or ``"gaussian"``.
-        alpha_range: Beta-prior ``alpha`` at codes 0 and 1.
-        lambda_range: ``lambda_max`` at codes 0 and 1.
-        inv_sigma2_range: Gaussian-prior ``1 / sigma^2`` at codes 0 and 1.
+        space: the hyperparameter space, or a prior (name or object) for that prior's default space.
         extrapolate: accept codes outside ``[0, 1]`` when called (training codes always lie inside).
 
     Raises:
-        ValueError: for an unknown prior or a range with ``low >= high``.
+        ValueError: for an unknown prior.
     """
 
-    def __init__(
-        self,
-        prior: str = "beta",
-        alpha_range: Sequence[float] = DEFAULT_ALPHA_RANGE,
-        lambda_range: Sequence[float] = DEFAULT_LAMBDA_RANGE,
-        inv_sigma2_range: Sequence[float] = DEFAULT_INV_SIGMA2_RANGE,
-        extrapolate: bool = False,
-    ) -> None:
-        if prior not in PRIOR_PARAMETER_NAMES:
-            raise ValueError(f"prior must be one of {sorted(PRIOR_PARAMETER_NAMES)}, got {prior!r}.")
-        self.prior = prior
-        self.alpha_range = _range(alpha_range, "alpha_range")
-        self.lambda_range = _range(lambda_range, "lambda_range")
-        self.inv_sigma2_range = _range(inv_sigma2_range, "inv_sigma2_range")
-        if self.alpha_range[0] < 1.0:
-            raise ValueError(f"alpha_range must lie in [1, inf) (alpha >= 1), got {self.alpha_range}.")
-        if self.lambda_range[0] < 0.0 or self.inv_sigma2_range[0] < 0.0:
-            raise ValueError(
-                f"lambda_range and inv_sigma2_range must be non-negative, got {self.lambda_range} and "
-                f"{self.inv_sigma2_range}."
-            )
+    def __init__(self, space: HyperparameterSpace | str | WeightPrior = "beta", extrapolate: bool = False) -> None:
+        self.space = space if isinstance(space, HyperparameterSpace) else HyperparameterSpace(space)
         self.extrapolate = bool(extrapolate)
 
     @property
+    def prior(self) -> str:
+        """Name of the prior (``"beta"``, ``"gaussian"``...)."""
+        return self.space.prior.name
+
+    @property
     def prior_name(self) -> str:
-        """``"alpha"`` (Beta prior) or ``"inv_sigma2"`` (Gaussian prior)."""
-        return PRIOR_PARAMETER_NAMES[self.prior]
+        """Name of the prior parameter set by the first code (``"alpha"``, ``"inv_sigma2"``...)."""
+        return self.space.prior.parameter
 
     @property
     def prior_range(self) -> tuple[float, float]:
         """Range of the prior parameter."""
-        return self.alpha_range if self.prior == "beta" else self.inv_sigma2_range
+        return self.space.prior_range
+
+    @property
+    def lambda_range(self) -> tuple[float, float]:
+        """Range of ``lambda_max``."""
+        return self.space.lambda_range
 
     def hyperparameters(
         self, codes: torch.Tensor | Sequence[float], extrapolate: bool | None = None
@@ -332,11 +229,7 @@ class ReferenceHyperMapping:
         Raises:
             ValueError: for codes outside ``[0, 1]`` (unless ``extrapolate``), non-finite codes or a bad shape.
         """
-        extrapolate = self.extrapolate if extrapolate is None else bool(extrapolate)
-        if not isinstance(codes, torch.Tensor):
-            codes = torch.as_tensor(codes, dtype=torch.float64)
-        prior_param, lambda_max = codes_to_hyperparameters(codes, self.prior_range, self.lambda_range, extrapolate)
-        return {self.prior_name: prior_param, "lambda_max": lambda_max}
+        return self.space.to_values(codes, self.extrapolate if extrapolate is None else bool(extrapolate))
 
     def __call__(self, codes: torch.Tensor) -> dict[str, torch.Tensor]:
         """``(B, 2)`` codes -> ``{"lambda_max": (B,), "prior_param": (B,)}`` for the loss."""
@@ -346,10 +239,8 @@ class ReferenceHyperMapping:
     def to_codes(
         self, prior_param: float | torch.Tensor, lambda_max: float | torch.Tensor, extrapolate: bool = False
     ) -> torch.Tensor:
-        """Prior parameter and ``lambda_max`` -> ``(B, 2)`` codes; see :func:`values_to_codes`."""
-        return values_to_codes(
-            prior_param, lambda_max, self.prior_range, self.lambda_range, extrapolate, self.prior_name
-        )
+        """Prior parameter and ``lambda_max`` -> ``(B, 2)`` codes; see :meth:`HyperparameterSpace.to_codes`."""
+        return self.space.to_codes(prior_param, lambda_max, extrapolate)
 
     def resolve(self, hyper: Mapping[str, Any]) -> list[float]:
         """Codes of a setting given as in a bundle's ``"hyper"`` config entry.
@@ -367,20 +258,23 @@ class ReferenceHyperMapping:
             ``[b, r]``.
 
         Raises:
-            ValueError: for unknown keys, a parameter of the other prior, a missing code, or codes / values outside
+            ValueError: for unknown keys, a parameter of another prior, a missing code, or codes / values outside
                 the trained range (naming the value and the range) unless ``hyper["extrapolate"]`` is true.
         """
+        parameters = sorted({cls.parameter for cls in PRIOR_REGISTRY.values()})
+        allowed = ["codes", *parameters, "lambda_max", "extrapolate"]
         if not isinstance(hyper, Mapping):
-            raise ValueError(f"hyper must be a mapping with keys among {list(_HYPER_KEYS)}, got {hyper!r}.")
-        unknown = sorted(set(hyper) - set(_HYPER_KEYS))
+            raise ValueError(f"hyper must be a mapping with keys among {allowed}, got {hyper!r}.")
+        unknown = sorted(set(hyper) - set(allowed))
         if unknown:
-            raise ValueError(f"hyper has unknown keys {unknown}; allowed: {list(_HYPER_KEYS)}.")
+            raise ValueError(f"hyper has unknown keys {unknown}; allowed: {allowed}.")
         extrapolate = check_flag(hyper.get("extrapolate") or False, "hyper#extrapolate")
-        other = "inv_sigma2" if self.prior == "beta" else "alpha"
-        if hyper.get(other) is not None:
-            raise ValueError(
-                f"hyper#{other}={hyper[other]!r} does not apply to the {self.prior} prior; set hyper#{self.prior_name}."
-            )
+        for other in parameters:
+            if other != self.prior_name and hyper.get(other) is not None:
+                raise ValueError(
+                    f"hyper#{other}={hyper[other]!r} does not apply to the {self.prior} prior; set "
+                    f"hyper#{self.prior_name}."
+                )
         codes: list[float | None] = [None, None]
         if hyper.get("codes") is not None:
             row = _code_row(hyper["codes"], "hyper#codes", 2)
@@ -390,13 +284,12 @@ class ReferenceHyperMapping:
                     "to true to use codes outside it."
                 )
             codes = row.tolist()
-        for col, (name, (lo, hi)) in enumerate(
-            ((self.prior_name, self.prior_range), ("lambda_max", self.lambda_range))
-        ):
+        for col, name in enumerate(self.space.names):
             if hyper.get(name) is not None:
-                codes[col] = _value_to_code(_number(hyper[name], f"hyper#{name}"), lo, hi, name, extrapolate)
+                value = _number(hyper[name], f"hyper#{name}")
+                codes[col] = float(self.space.code_of(name, value, extrapolate)[0])
         if codes[0] is None or codes[1] is None:
-            missing = [n for n, c in zip((self.prior_name, "lambda_max"), codes) if c is None]
+            missing = [n for n, c in zip(self.space.names, codes) if c is None]
             raise ValueError(
                 f"hyper must give hyper#codes [b, r] or hyper#{self.prior_name} and hyper#lambda_max; "
                 f"missing: {missing} (received {dict(hyper)})."
@@ -422,10 +315,7 @@ class ReferenceHyperMapping:
         return hyper_setting_name(self.prior_name, d[self.prior_name], d["lambda_max"])
 
     def __repr__(self) -> str:
-        return (
-            f"ReferenceHyperMapping(prior={self.prior!r}, {self.prior_name}_range={self.prior_range}, "
-            f"lambda_range={self.lambda_range})"
-        )
+        return f"ReferenceHyperMapping(space={self.space!r}, extrapolate={self.extrapolate})"
 
 
 def save_hyper_setting(

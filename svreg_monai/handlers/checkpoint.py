@@ -74,7 +74,10 @@ class _KeyMetricState:
             if item not in kept:
                 logging.getLogger(__name__).warning(
                     "best model %s (metric %s) is listed in the resumed state but missing from %s; the next "
-                    "validation result starts a new best.", item.filename, item.priority, folder
+                    "validation result starts a new best.",
+                    item.filename,
+                    item.priority,
+                    folder,
                 )
         self.checkpoint._saved[:] = kept
 

@@ -10,6 +10,9 @@
 # limitations under the License.
 """Stateless core of the spatially varying regularisation: the weighted diffusion term and the weight priors.
 
+The priors' negative log-likelihoods ``beta_prior`` and ``gaussian_prior`` live with the prior objects in
+:mod:`svreg_monai.priors` and are re-exported here.
+
 Every function returns one value per sample, shape ``(B,)``; the loss modules in
 :mod:`svreg_monai.losses.regularization` apply the MONAI-style ``reduction`` on top. Because every sample has the
 same number of voxels, the batch mean of these values equals the mean over all elements that the reference
@@ -20,24 +23,12 @@ from __future__ import annotations
 
 import torch
 
-from svreg_monai.utils.validation import (
-    check_ddf,
-    check_finite,
-    check_per_sample_value,
-    check_tensor,
-    check_weight_map,
-)
+from svreg_monai.priors import beta_prior, gaussian_prior
+from svreg_monai.utils.validation import check_ddf, check_weight_map
 
 __all__ = ["PENALTIES", "spatially_varying_diffusion", "beta_prior", "gaussian_prior"]
 
 PENALTIES = ("l2", "l1")
-
-
-def _check_prior_weight(weight: torch.Tensor) -> torch.Tensor:
-    check_tensor(weight, "weight", ndim=(4, 5))
-    if weight.shape[1] != 1:
-        raise ValueError(f"weight must have shape (B, 1, *S), got {tuple(weight.shape)}.")
-    return check_finite(weight, "weight")
 
 
 def spatially_varying_diffusion(
@@ -75,50 +66,3 @@ def spatially_varying_diffusion(
             term = term * weight.narrow(axis, 1, length - 1)
         total = total + term.flatten(1).mean(dim=1)
     return total / n
-
-
-def beta_prior(weight: torch.Tensor, alpha: float | torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Negative log Beta(alpha, 1) prior on a weight map, up to a constant: ``(1 - alpha) * mean(log w)``.
-
-    The weight is clamped to ``[eps, 1]`` first. For ``alpha > 1`` the term pushes the weights towards 1 (strong
-    regularisation), balancing the data term's push towards 0.
-
-    Args:
-        weight: ``(B, 1, *S)`` weight map in ``(0, 1]``.
-        alpha: ``alpha >= 1``, a float or a ``(B,)`` tensor (one value per sample, e.g. for hypernetworks).
-        eps: lower clamp of the weight.
-
-    Returns:
-        ``(B,)`` prior term per sample.
-    """
-    _check_prior_weight(weight)
-    alpha_b = check_per_sample_value(alpha, "alpha", weight.shape[0], weight, minimum=1.0)
-    log_w = torch.log(torch.clamp(weight, eps, 1.0)).flatten(1).mean(dim=1)
-    return (1.0 - alpha_b) * log_w
-
-
-def gaussian_prior(
-    weight: torch.Tensor,
-    inv_sigma2: float | torch.Tensor,
-    mean: float = 1.0,
-    eps: float = 1e-6,
-    max_weight: float = 5.0,
-) -> torch.Tensor:
-    """Negative log Gaussian prior on a weight map, up to a constant: ``inv_sigma2 * mean((w - mean)^2)``.
-
-    The weight is clamped to ``[eps, max_weight]`` first.
-
-    Args:
-        weight: ``(B, 1, *S)`` positive weight map.
-        inv_sigma2: ``1 / sigma^2 >= 0``, a float or a ``(B,)`` tensor (one value per sample).
-        mean: the prior mean of the weight.
-        eps: lower clamp of the weight.
-        max_weight: upper clamp of the weight.
-
-    Returns:
-        ``(B,)`` prior term per sample.
-    """
-    _check_prior_weight(weight)
-    inv_b = check_per_sample_value(inv_sigma2, "inv_sigma2", weight.shape[0], weight, minimum=0.0)
-    sq = (torch.clamp(weight, eps, max_weight) - mean) ** 2
-    return inv_b * sq.flatten(1).mean(dim=1)

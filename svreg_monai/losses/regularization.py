@@ -24,19 +24,17 @@ import torch
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-from svreg_monai.losses.functional import PENALTIES, beta_prior, gaussian_prior, spatially_varying_diffusion
+from svreg_monai.losses.functional import PENALTIES, spatially_varying_diffusion
+from svreg_monai.priors import BetaPrior, GaussianPrior, WeightPrior, get_prior
 from svreg_monai.utils.validation import check_per_sample_value
 
 __all__ = [
-    "PRIORS",
     "SpatiallyVaryingDiffusionLoss",
     "BetaPriorLoss",
     "GaussianPriorLoss",
     "RegularizationLossOutput",
     "SpatiallyVaryingRegularizationLoss",
 ]
-
-PRIORS = ("beta", "gaussian")
 
 
 def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -97,7 +95,8 @@ class BetaPriorLoss(_Loss):
 
     def __init__(self, alpha: float = 1.1, eps: float = 1e-6, reduction: LossReduction | str = LossReduction.MEAN):
         super().__init__(reduction=LossReduction(reduction).value)
-        self.alpha = _check_min(alpha, "alpha", 1.0)
+        self.weight_prior = BetaPrior(eps=eps)
+        self.alpha = self.weight_prior.check_parameter(alpha)
         self.eps = eps
 
     def forward(self, weight: torch.Tensor, alpha: float | torch.Tensor | None = None) -> torch.Tensor:
@@ -107,7 +106,7 @@ class BetaPriorLoss(_Loss):
             alpha: per-call override, a float or a ``(B,)`` tensor (one value per sample).
         """
         a = self.alpha if alpha is None else alpha
-        return _reduce(beta_prior(weight, a, self.eps), self.reduction)
+        return _reduce(self.weight_prior.negative_log_likelihood(weight, a), self.reduction)
 
 
 class GaussianPriorLoss(_Loss):
@@ -130,9 +129,8 @@ class GaussianPriorLoss(_Loss):
         reduction: LossReduction | str = LossReduction.MEAN,
     ) -> None:
         super().__init__(reduction=LossReduction(reduction).value)
-        self.inv_sigma2 = _check_min(inv_sigma2, "inv_sigma2", 0.0)
-        if not 0 < eps < max_weight:
-            raise ValueError(f"need 0 < eps < max_weight, got eps={eps}, max_weight={max_weight}.")
+        self.weight_prior = GaussianPrior(eps=eps, max_weight=max_weight, mean=mean)
+        self.inv_sigma2 = self.weight_prior.check_parameter(inv_sigma2)
         self.mean = float(mean)
         self.eps = eps
         self.max_weight = max_weight
@@ -144,7 +142,7 @@ class GaussianPriorLoss(_Loss):
             inv_sigma2: per-call override, a float or a ``(B,)`` tensor (one value per sample).
         """
         s = self.inv_sigma2 if inv_sigma2 is None else inv_sigma2
-        return _reduce(gaussian_prior(weight, s, self.mean, self.eps, self.max_weight), self.reduction)
+        return _reduce(self.weight_prior.negative_log_likelihood(weight, s), self.reduction)
 
 
 class RegularizationLossOutput(NamedTuple):
@@ -166,19 +164,23 @@ class SpatiallyVaryingRegularizationLoss(_Loss):
     ``lambda_max * mean_x[w(x) |grad u(x)|^2] - log p(w)``.
 
     ``lambda_max`` and the prior's parameter (``alpha`` for ``prior="beta"``, ``inv_sigma2`` for
-    ``prior="gaussian"``) are defaults that ``forward`` can override per call, as floats or ``(B,)`` tensors with
-    one value per sample (hypernetwork training samples them per sample).
+    ``prior="gaussian"``, :attr:`~svreg_monai.priors.WeightPrior.parameter` in general) are defaults that ``forward``
+    can override per call, as floats or ``(B,)`` tensors with one value per sample (hypernetwork training samples
+    them per sample).
 
     Args:
-        prior: ``"beta"`` (Beta(alpha, 1), weights in (0, 1]) or ``"gaussian"``.
+        prior: a registered prior name (``"beta"``: Beta(alpha, 1), weights in (0, 1]; ``"gaussian"``; see
+            :mod:`svreg_monai.priors`) or a :class:`~svreg_monai.priors.WeightPrior`.
         lambda_max: default global weight of the diffusion term, ``>= 0``.
-        alpha: default Beta prior parameter, ``>= 1`` (used when ``prior="beta"``).
-        inv_sigma2: default Gaussian prior precision, ``>= 0`` (used when ``prior="gaussian"``).
+        alpha: default Beta prior parameter, ``>= 1`` (used when ``prior="beta"``; None for the prior's default).
+        inv_sigma2: default Gaussian prior precision, ``>= 0`` (used when ``prior="gaussian"``; None for default).
         gaussian_mean: the Gaussian prior's mean.
         max_weight: the Gaussian prior's upper clamp of the weight.
         eps: lower clamp of the weight in the prior.
         penalty: ``"l2"`` or ``"l1"`` diffusion penalty.
         reduction: ``"mean"``, ``"sum"`` over the batch, or ``"none"`` for ``(B,)`` tensors.
+        prior_param: default prior parameter of any prior (overrides ``alpha``/``inv_sigma2``; None for those, else
+            the prior's ``default_parameter``).
 
     Example::
 
@@ -190,29 +192,27 @@ class SpatiallyVaryingRegularizationLoss(_Loss):
 
     def __init__(
         self,
-        prior: str = "beta",
+        prior: str | WeightPrior = "beta",
         lambda_max: float = 1.0,
-        alpha: float = 1.1,
-        inv_sigma2: float = 1.0,
+        alpha: float | None = None,
+        inv_sigma2: float | None = None,
         gaussian_mean: float = 1.0,
         max_weight: float = 5.0,
         eps: float = 1e-6,
         penalty: str = "l2",
         reduction: LossReduction | str = LossReduction.MEAN,
+        prior_param: float | None = None,
     ) -> None:
         super().__init__(reduction=LossReduction(reduction).value)
-        if prior not in PRIORS:
-            raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}.")
-        self.prior = prior
+        self.weight_prior = get_prior(prior, eps=eps, max_weight=max_weight, mean=gaussian_mean)
+        self.prior = self.weight_prior.name
         self.lambda_max = _check_min(lambda_max, "lambda_max", 0.0)
         self.diffusion = SpatiallyVaryingDiffusionLoss(penalty=penalty, reduction="none")
-        self.prior_loss: BetaPriorLoss | GaussianPriorLoss
-        if prior == "beta":
-            self.prior_loss = BetaPriorLoss(alpha=alpha, eps=eps, reduction="none")
-        else:
-            self.prior_loss = GaussianPriorLoss(
-                inv_sigma2=inv_sigma2, mean=gaussian_mean, eps=eps, max_weight=max_weight, reduction="none"
-            )
+        if prior_param is None:
+            prior_param = {"alpha": alpha, "inv_sigma2": inv_sigma2}.get(self.weight_prior.parameter)
+        if prior_param is None:
+            prior_param = self.weight_prior.default_parameter
+        self.prior_param = self.weight_prior.check_parameter(prior_param)
 
     def forward(
         self,
@@ -226,7 +226,7 @@ class SpatiallyVaryingRegularizationLoss(_Loss):
             ddf: ``(B, N, *S)`` displacement in voxels.
             weight: ``(B, 1, *S)`` voxel-wise regularisation weight.
             lambda_max: per-call override of ``lambda_max``, float or ``(B,)`` tensor.
-            prior_param: per-call override of ``alpha`` (beta) or ``inv_sigma2`` (gaussian), float or ``(B,)``.
+            prior_param: per-call override of the prior's parameter (``alpha``, ``inv_sigma2``), float or ``(B,)``.
 
         Returns:
             :class:`RegularizationLossOutput` ``(total, diffusion, prior)``, each reduced by ``reduction``.
@@ -235,7 +235,8 @@ class SpatiallyVaryingRegularizationLoss(_Loss):
             self.lambda_max if lambda_max is None else lambda_max, "lambda_max", ddf.shape[0], ddf, minimum=0.0
         )
         diffusion = lam * self.diffusion(ddf, weight)
-        prior = self.prior_loss(weight, prior_param)
+        param = self.prior_param if prior_param is None else prior_param
+        prior = self.weight_prior.negative_log_likelihood(weight, param)
         return RegularizationLossOutput(
             total=_reduce(diffusion + prior, self.reduction),
             diffusion=_reduce(diffusion, self.reduction),

@@ -37,7 +37,7 @@ from svreg_monai.blocks.resize import resize_ddf
 from svreg_monai.blocks.warping import RegistrationWarp
 from svreg_monai.losses.functional_similarity import local_normalized_cross_correlation_loss
 from svreg_monai.losses.regularization import SpatiallyVaryingRegularizationLoss
-from svreg_monai.networks.blocks.weight_head import regularization_weight_activation
+from svreg_monai.priors import WeightPrior, get_prior
 from svreg_monai.utils.validation import check_tensor
 
 __all__ = ["InstanceOptimizationResult", "optimize_spr", "summarize_history", "weight_logits"]
@@ -61,15 +61,10 @@ class InstanceOptimizationResult(NamedTuple):
     history: list[dict[str, float]]
 
 
-def weight_logits(weight: torch.Tensor, prior: str = "beta", eps: float = 1e-4) -> torch.Tensor:
-    """The logits whose activation is ``weight`` (inverse of the weight head's activation), for a warm start."""
-    if prior == "beta":
-        w = weight.clamp(eps, 1.0 - eps)
-        return torch.log(w) - torch.log1p(-w)
-    if prior == "gaussian":
-        w = weight.clamp_min(eps)
-        return w + torch.log(-torch.expm1(-w))  # softplus^-1
-    raise ValueError(f"prior must be 'beta' or 'gaussian', got {prior!r}.")
+def weight_logits(weight: torch.Tensor, prior: str | WeightPrior = "beta", eps: float = 1e-4) -> torch.Tensor:
+    """The logits whose activation is ``weight`` (the prior's :meth:`~svreg_monai.priors.WeightPrior.logits`, the
+    inverse of the weight head's activation), for a warm start."""
+    return get_prior(prior).logits(weight, eps)
 
 
 def _pool(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -113,7 +108,7 @@ def optimize_spr(
     steps: Sequence[int] = (40, 20),
     learning_rate: float = 0.05,
     lambda_max: float = 5.0,
-    prior: str = "beta",
+    prior: str | WeightPrior = "beta",
     prior_param: float = 1.01,
     kernel_size: int = 5,
     integration_steps: int = 7,
@@ -191,11 +186,8 @@ def optimize_spr(
         raise ValueError(f"patience must be a positive integer, got {patience!r}.")
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}.")
-    regulariser = SpatiallyVaryingRegularizationLoss(
-        prior=prior,
-        lambda_max=lambda_max,
-        **({"alpha": prior_param} if prior == "beta" else {"inv_sigma2": prior_param}),
-    )
+    weight_prior = get_prior(prior)
+    regulariser = SpatiallyVaryingRegularizationLoss(prior=weight_prior, lambda_max=lambda_max, prior_param=prior_param)
     n = moving.ndim - 2
     size = tuple(moving.shape[2:])
     warp = RegistrationWarp()  # warps images on the level's grid
@@ -223,7 +215,7 @@ def optimize_spr(
                 start_w = _resize(initial_weight.detach().to(m.device, m.dtype), grid)
             else:
                 start_w = torch.full((1, 1, *grid), float(initial_weight), dtype=m.dtype, device=m.device)
-            start_l = weight_logits(start_w, prior)
+            start_l = weight_prior.logits(start_w)
         else:
             assert logits is not None
             start_v = resize_ddf(velocity.detach(), size=grid)
@@ -236,7 +228,7 @@ def optimize_spr(
         for step in range(count):
             optimiser.zero_grad()
             ddf = scaling_and_squaring(velocity, integration_steps, warp=integrate)
-            weight = regularization_weight_activation(logits, prior)
+            weight = weight_prior.activation(logits)
             if grid != image_grid:
                 ddf, weight = resize_ddf(ddf, size=image_grid), _resize(weight, image_grid)
             similarity = local_normalized_cross_correlation_loss(warp(m, ddf), f, kernel_size=kernel_size)
@@ -269,7 +261,7 @@ def optimize_spr(
         v = velocity.detach()
         ddf = resize_ddf(scaling_and_squaring(v, integration_steps, warp=warp), size=size)
         inverse = resize_ddf(scaling_and_squaring(-v, integration_steps, warp=warp), size=size)
-        weight = _resize(regularization_weight_activation(logits.detach(), prior), size)
+        weight = _resize(weight_prior.activation(logits.detach()), size)
     return InstanceOptimizationResult(ddf, inverse, weight, v, history)
 
 

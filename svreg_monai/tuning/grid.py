@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from svreg_monai.engines.hyper import FixedHyperSampler, ReferenceHyperMapping
+from svreg_monai.priors import get_prior
 from svreg_monai.utils.io import atomic_write, file_stem, write_csv, write_json
 from svreg_monai.utils.validation import check_flag
 from svreg_monai.visualize.hyper import hyperparameter_grid_figure, landscape_figure
@@ -55,7 +56,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_GRID_METRICS = {"dice": "val_mean_dice", "ndv": "val_ndv"}
 """Short metric name -> evaluator metric name (``engine.state.metrics``) recorded by default."""
 
-_AXIS_LABELS = {"alpha": "α − 1", "inv_sigma2": "1/σ²"}
 _COLUMNS = ("b_code", "r_code")
 
 
@@ -94,7 +94,8 @@ class GridSearchResult:
         b_codes: ``(R,)`` codes of the prior parameter (rows).
         r_codes: ``(C,)`` codes of ``lambda_max`` (columns).
         metrics: metric name -> ``(R, C)`` values (NaN where the objective returned none).
-        prior_name: ``"alpha"`` or ``"inv_sigma2"``.
+        prior: the prior's registered name (``"beta"``, ``"gaussian"``...).
+        prior_name: its parameter's name (``"alpha"``, ``"inv_sigma2"``...).
         prior_values: ``(R,)`` prior parameter of each row.
         lambda_values: ``(C,)`` ``lambda_max`` of each column.
     """
@@ -102,14 +103,21 @@ class GridSearchResult:
     b_codes: np.ndarray
     r_codes: np.ndarray
     metrics: dict[str, np.ndarray] = field(default_factory=dict)
+    prior: str = "beta"
     prior_name: str = "alpha"
     prior_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
     lambda_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def row_values(self) -> np.ndarray:
-        """Row values as displayed: ``alpha - 1`` for the Beta prior, ``inv_sigma2`` otherwise."""
-        return self.prior_values - 1.0 if self.prior_name == "alpha" else self.prior_values
+        """Row values as displayed (:meth:`~svreg_monai.priors.WeightPrior.to_display`: ``alpha - 1`` for the Beta
+        prior, ``inv_sigma2`` for the Gaussian prior)."""
+        return get_prior(self.prior).to_display(self.prior_values)
+
+    @property
+    def row_label(self) -> str:
+        """Axis label of the rows (``α − 1``, ``1/σ²``...)."""
+        return get_prior(self.prior).display_name
 
     def setting(self, i: int, j: int) -> dict[str, Any]:
         """``{"codes": [b, r], <prior_name>: ..., "lambda_max": ..., "index": [i, j], <metric>: ...}``."""
@@ -218,6 +226,7 @@ def grid_search(
     result = GridSearchResult(
         b_codes=b,
         r_codes=r,
+        prior=mapping.prior,
         prior_name=mapping.prior_name,
         prior_values=prior_values.double().numpy(),
         lambda_values=lambda_values.double().numpy(),
@@ -337,7 +346,7 @@ def save_grid_search(
                 result.lambda_values,
                 out / f"{name}.png",
                 title=f"validation {name}",
-                row_label=_AXIS_LABELS.get(result.prior_name, result.prior_name),
+                row_label=result.row_label,
                 col_label="λ_max",
                 colorbar_label=name,
                 cmap="viridis" if name != "ndv" else "magma",
@@ -520,8 +529,7 @@ class EvaluatorGridSearch:
         )
         b = np.asarray(self.figure_codes)
         values = self.mapping.hyperparameters(np.stack([b, b], 1), extrapolate=True)
-        prior = values[self.mapping.prior_name].double().numpy()
-        rows = prior - 1.0 if self.mapping.prior_name == "alpha" else prior
+        rows = self.mapping.space.prior.to_display(values[self.mapping.prior_name].double().numpy())
         meta = getattr(batch.get("fixed"), "meta", None) if isinstance(batch, Mapping) else None
         name = ""
         if isinstance(meta, Mapping) and meta.get("filename_or_obj") is not None:
@@ -533,7 +541,7 @@ class EvaluatorGridSearch:
             rows,
             values["lambda_max"].double().numpy(),
             path,
-            row_label=_AXIS_LABELS.get(self.mapping.prior_name, self.mapping.prior_name),
+            row_label=self.mapping.space.prior.display_name,
             col_label="λ_max",
             title=f"test-time control of the regularisation{name}",
         )

@@ -40,6 +40,7 @@ import numpy as np
 from ignite.engine import Engine, Events
 from monai.utils import OptionalImportError, optional_import
 
+from svreg_monai.priors import PRIOR_REGISTRY, get_prior
 from svreg_monai.utils.io import write_json
 
 __all__ = [
@@ -111,15 +112,20 @@ def search_space(
     lambda_max_range: Sequence[float] = (0.5, 5.0),
     inv_sigma2_range: Sequence[float] = (0.1, 10.0),
     log_scale: bool = False,
+    prior_range: Sequence[float] | None = None,
 ) -> tuple[SearchParameter, ...]:
-    """The parameters searched for ``prior``: ``(alpha_minus_one | inv_sigma2, lambda_max)``.
+    """The parameters searched for ``prior``: its displayed parameter (``alpha_minus_one`` | ``inv_sigma2`` | ...)
+    and ``lambda_max``.
 
     Args:
-        prior: ``"beta"`` (search ``alpha - 1``) or ``"gaussian"`` (search ``1 / sigma^2``).
-        alpha_minus_one_range: range of ``alpha - 1``.
+        prior: a registered prior name; its :attr:`~svreg_monai.priors.WeightPrior.search_parameter` is searched
+            (``alpha - 1`` for the Beta prior, ``1 / sigma^2`` for the Gaussian prior).
+        alpha_minus_one_range: range of ``alpha - 1`` (Beta prior).
         lambda_max_range: range of ``lambda_max``.
-        inv_sigma2_range: range of ``1 / sigma^2``.
+        inv_sigma2_range: range of ``1 / sigma^2`` (Gaussian prior).
         log_scale: sample every parameter on a log scale.
+        prior_range: range of the searched prior parameter, in displayed units, for any prior; None takes the
+            argument above for the Beta and Gaussian priors, else the prior's ``default_range``.
 
     Returns:
         the two :class:`SearchParameter`.
@@ -127,12 +133,12 @@ def search_space(
     Raises:
         ValueError: for an unknown prior or an invalid range.
     """
-    if prior == "beta":
-        first = SearchParameter("alpha_minus_one", *_pair(alpha_minus_one_range, "alpha_minus_one_range"), log_scale)
-    elif prior == "gaussian":
-        first = SearchParameter("inv_sigma2", *_pair(inv_sigma2_range, "inv_sigma2_range"), log_scale)
-    else:
-        raise ValueError(f"prior must be 'beta' or 'gaussian', got {prior!r}.")
+    weight_prior = get_prior(prior)
+    name = weight_prior.search_parameter
+    if prior_range is None:
+        known = {"alpha_minus_one": alpha_minus_one_range, "inv_sigma2": inv_sigma2_range}
+        prior_range = known.get(name) or tuple(weight_prior.to_display(v) for v in weight_prior.default_range)
+    first = SearchParameter(name, *_pair(prior_range, f"{name}_range"), log_scale)
     return first, SearchParameter("lambda_max", *_pair(lambda_max_range, "lambda_max_range"), log_scale)
 
 
@@ -142,11 +148,13 @@ def suggest_parameters(trial: Any, space: Sequence[SearchParameter]) -> dict[str
 
 
 def params_to_config(params: Mapping[str, float]) -> dict[str, float]:
-    """Optuna parameters -> bundle config ids: ``alpha_minus_one`` becomes ``alpha = 1 + value``."""
+    """Optuna parameters -> bundle config ids: a prior's searched value becomes its parameter
+    (``alpha_minus_one`` becomes ``alpha = 1 + value``)."""
+    searched = {cls().search_parameter: cls() for cls in PRIOR_REGISTRY.values()}
     out: dict[str, float] = {}
     for name, value in params.items():
-        if name == "alpha_minus_one":
-            out["alpha"] = 1.0 + float(value)
+        if name in searched:
+            out[searched[name].parameter] = float(searched[name].from_display(float(value)))
         else:
             out[name] = float(value)
     return out
@@ -448,7 +456,8 @@ class BundleTuner:
         self.n_trials = n_trials
         self.trial_epochs = trial_epochs
         self.space = search_space(prior, alpha_minus_one_range, lambda_max_range, inv_sigma2_range, log_scale)
-        reserved = {"ckpt_dir", "log_dir", "max_epochs", "resume", "lambda_max", "alpha", "inv_sigma2"}
+        reserved = {"ckpt_dir", "log_dir", "max_epochs", "resume", "lambda_max"}
+        reserved |= {cls.parameter for cls in PRIOR_REGISTRY.values()}
         self.overrides = {k: v for k, v in dict(overrides or {}).items() if k not in reserved}
         self.metric = metric
         self.direction = direction

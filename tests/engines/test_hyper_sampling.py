@@ -22,9 +22,9 @@ from svreg_monai.engines import (
     UniformHyperSampler,
     hyper_setting_name,
     save_hyper_setting,
-    values_to_codes,
 )
 from svreg_monai.networks.nets import codes_to_hyperparameters
+from svreg_monai.priors import HyperparameterSpace
 
 
 def test_uniform_sampler_per_sample_codes_in_bounds_and_reproducible():
@@ -77,7 +77,7 @@ def test_reference_mapping_matches_network_mapping_for_the_loss():
     torch.testing.assert_close(out["prior_param"], alpha)  # alpha = 1 + 0.2 b
     torch.testing.assert_close(out["lambda_max"], lambda_max)  # lambda_max = 5 r
     torch.testing.assert_close(out["lambda_max"], torch.tensor([0.0, 1.0, 5.0]))
-    gaussian = ReferenceHyperMapping("gaussian", inv_sigma2_range=(0.5, 4.5))(codes)
+    gaussian = ReferenceHyperMapping(HyperparameterSpace("gaussian", (0.5, 4.5)))(codes)
     torch.testing.assert_close(gaussian["prior_param"], torch.tensor([0.5, 2.5, 4.5]))
     with pytest.raises(ValueError, match=r"trained range \[0, 1\]"):
         mapping(torch.tensor([[1.5, 0.0]]))
@@ -123,11 +123,12 @@ def test_resolve_rejects_out_of_range_and_malformed_settings(prior, hyper, match
         ReferenceHyperMapping(prior).resolve(hyper)
 
 
-def test_values_to_codes_inverts_the_mapping_and_clamps_rounding():
-    codes = values_to_codes(torch.tensor([1.0, 1.1, 1.2]), 2.5, (1.0, 1.2), (0.0, 5.0))
+def test_to_codes_inverts_the_mapping_and_clamps_rounding():
+    mapping = ReferenceHyperMapping(HyperparameterSpace("beta", (1.0, 1.2), (0.0, 5.0)))
+    codes = mapping.to_codes(torch.tensor([1.0, 1.1, 1.2]), 2.5)
     torch.testing.assert_close(codes, torch.tensor([[0.0, 0.5], [0.5, 0.5], [1.0, 0.5]]))
-    assert values_to_codes(1.2 + 1e-7, 5.0, (1.0, 1.2), (0.0, 5.0))[0, 0] == 1.0  # float rounding at the end
-    extrapolated = values_to_codes(1.4, 0.0, (1.0, 1.2), (0.0, 5.0), extrapolate=True)
+    assert mapping.to_codes(1.2 + 1e-7, 5.0)[0, 0] == 1.0  # float rounding at the end
+    extrapolated = mapping.to_codes(1.4, 0.0, extrapolate=True)
     torch.testing.assert_close(extrapolated, torch.tensor([[2.0, 0.0]]))
 
 
@@ -144,15 +145,16 @@ def test_setting_name_describe_and_saved_setting(tmp_path):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"prior": "laplace"}, "prior must be one of"),
-        ({"alpha_range": (0.5, 1.2)}, r"alpha >= 1"),
+        ({"prior": "laplace"}, r"prior .laplace. is not registered; registered priors: \[.beta., .gaussian.\]"),
+        ({"prior_range": (0.5, 1.2)}, r"alpha_range must lie in \[1, inf\) for the beta prior"),
         ({"lambda_range": (2.0, 1.0)}, "low < high"),
-        ({"inv_sigma2_range": (-1.0, 1.0)}, "non-negative"),
+        ({"prior": "gaussian", "prior_range": (-1.0, 1.0)}, r"inv_sigma2_range must lie in \[0, inf\)"),
+        ({"lambda_range": (-1.0, 1.0)}, "non-negative"),
     ],
 )
-def test_mapping_rejects_bad_ranges(kwargs, match):
+def test_space_rejects_bad_ranges(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        ReferenceHyperMapping(**kwargs)
+        ReferenceHyperMapping(HyperparameterSpace(**kwargs))
 
 
 def test_prepare_batch_passes_network_kwargs_and_per_sample_loss_targets():

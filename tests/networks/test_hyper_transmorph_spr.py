@@ -161,7 +161,7 @@ def test_code_mapping():
     torch.testing.assert_close(lambda_max, torch.tensor([0.0, 1.0, 5.0]))
     torch.testing.assert_close(hyperparameters_to_codes(alpha, lambda_max), codes)
     torch.testing.assert_close(hyperparameters_to_codes(1.05, 2.5), torch.tensor([[0.25, 0.5]]))
-    with pytest.raises(ValueError, match="alpha must lie in the trained range"):
+    with pytest.raises(ValueError, match=r"alpha must lie in the range the network was trained on, \[1, 1.2\]"):
         hyperparameters_to_codes(1.3, 1.0)
     with pytest.raises(ValueError, match="lambda_max must lie"):
         hyperparameters_to_codes(torch.tensor([1.0, 1.1]), torch.tensor([1.0, 6.0]))

@@ -50,7 +50,7 @@ def test_search_space(kwargs, expected):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"prior": "laplace"}, "prior must be 'beta' or 'gaussian'"),
+        ({"prior": "laplace"}, "prior 'laplace' is not registered"),
         ({"lambda_max_range": (5.0, 0.5)}, r"lambda_max range must have low < high, got \(5.0, 0.5\)"),
         ({"alpha_minus_one_range": (-0.1, 0.2)}, "alpha_minus_one must be non-negative"),
         ({"alpha_minus_one_range": (0.0, 0.2), "log_scale": True}, "log-scale alpha_minus_one range needs low > 0"),

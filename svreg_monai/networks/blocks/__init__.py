@@ -13,10 +13,9 @@
 from __future__ import annotations
 
 from .swin_encoder import PatchMerging, SwinBlock, SwinEncoder, SwinStage, WindowAttention
-from .weight_head import WEIGHT_PRIORS, RegularizationWeightHead, regularization_weight_activation
+from .weight_head import RegularizationWeightHead, regularization_weight_activation
 
 __all__ = [
-    "WEIGHT_PRIORS",
     "PatchMerging",
     "RegularizationWeightHead",
     "SwinBlock",

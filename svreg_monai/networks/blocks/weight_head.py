@@ -17,35 +17,30 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 
+from svreg_monai.priors import WeightPrior, get_prior
 from svreg_monai.utils.precision import to_float32
 from svreg_monai.utils.validation import check_spatial_dims
 
-__all__ = ["WEIGHT_PRIORS", "regularization_weight_activation", "RegularizationWeightHead"]
-
-WEIGHT_PRIORS = ("beta", "gaussian")
+__all__ = ["regularization_weight_activation", "RegularizationWeightHead"]
 
 
 def regularization_weight_activation(
-    logits: torch.Tensor, prior: str = "beta", eps: float = 1e-6, max_weight: float = 5.0
+    logits: torch.Tensor, prior: str | WeightPrior = "beta", eps: float = 1e-6, max_weight: float = 5.0
 ) -> torch.Tensor:
-    """Map head logits to a positive voxel-wise regularisation weight.
+    """Map head logits to a positive voxel-wise regularisation weight: the prior's
+    :meth:`~svreg_monai.priors.WeightPrior.activation`.
 
     Args:
         logits: ``(B, 1, *S)`` raw head output.
-        prior: ``"beta"``: ``clamp(sigmoid(x), eps, 1)``, the support of the Beta(alpha, 1) prior (reference);
-            ``"gaussian"``: ``clamp(softplus(x), eps, max_weight)``, positive and unbounded above up to the
-            Gaussian prior's ``max_weight``.
-        eps: lower bound of the weight.
-        max_weight: upper bound for the Gaussian-prior head.
+        prior: a prior name or object; ``"beta"``: ``clamp(sigmoid(x), eps, 1)``, the support of the Beta(alpha, 1)
+            prior (reference); ``"gaussian"``: ``clamp(softplus(x), eps, max_weight)``.
+        eps: lower bound of the weight (for a prior given by name).
+        max_weight: upper bound for a prior with unbounded support (for a prior given by name).
 
     Returns:
         ``(B, 1, *S)`` weight in ``[eps, 1]`` (beta) or ``[eps, max_weight]`` (gaussian).
     """
-    if prior == "beta":
-        return torch.clamp(torch.sigmoid(logits), eps, 1.0)
-    if prior == "gaussian":
-        return torch.clamp(F.softplus(logits), eps, max_weight)
-    raise ValueError(f"prior must be one of {WEIGHT_PRIORS}, got {prior!r}.")
+    return get_prior(prior, eps=eps, max_weight=max_weight).activation(logits)
 
 
 class RegularizationWeightHead(nn.Module):
@@ -58,7 +53,8 @@ class RegularizationWeightHead(nn.Module):
         spatial_dims: 2 or 3.
         in_channels: channels of the decoder features.
         hidden_channels: channels of the two conv blocks.
-        prior: ``"beta"`` or ``"gaussian"``, see :func:`regularization_weight_activation`.
+        prior: a prior name (``"beta"``, ``"gaussian"``, any registered one) or a
+            :class:`~svreg_monai.priors.WeightPrior`, whose activation maps the logits to the weight.
         norm: normalisation of the conv blocks (MONAI name, e.g. ``"batch"`` as in the reference, ``"instance"``).
         upsample_factor: trilinear (bilinear) upsampling factor applied to the logits (1 = none; TM-SPR uses 2).
         eps: lower bound of the weight.
@@ -73,7 +69,7 @@ class RegularizationWeightHead(nn.Module):
         spatial_dims: int,
         in_channels: int,
         hidden_channels: int,
-        prior: str = "beta",
+        prior: str | WeightPrior = "beta",
         norm: str | tuple | None = "batch",
         upsample_factor: int = 1,
         eps: float = 1e-6,
@@ -81,15 +77,12 @@ class RegularizationWeightHead(nn.Module):
     ) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
-        if prior not in WEIGHT_PRIORS:
-            raise ValueError(f"prior must be one of {WEIGHT_PRIORS}, got {prior!r}.")
         if upsample_factor < 1:
             raise ValueError(f"upsample_factor must be >= 1, got {upsample_factor}.")
-        if not 0 < eps < 1 or max_weight <= eps:
-            raise ValueError(f"need 0 < eps < 1 and max_weight > eps, got eps={eps}, max_weight={max_weight}.")
-        self.prior = prior
-        self.eps = eps
-        self.max_weight = max_weight
+        self.weight_prior = get_prior(prior, eps=eps, max_weight=max_weight)
+        self.prior = self.weight_prior.name
+        self.eps = self.weight_prior.eps
+        self.max_weight = self.weight_prior.max_weight
         self.upsample_factor = upsample_factor
         act = ("leakyrelu", {"negative_slope": 0.01, "inplace": True})
         self.conv0 = Convolution(spatial_dims, in_channels, hidden_channels, act=act, norm=norm, bias=False)
@@ -110,4 +103,4 @@ class RegularizationWeightHead(nn.Module):
         if self.upsample_factor > 1:
             mode = "trilinear" if self.spatial_dims == 3 else "bilinear"
             logits = F.interpolate(logits, scale_factor=self.upsample_factor, mode=mode, align_corners=False)
-        return regularization_weight_activation(logits, self.prior, self.eps, self.max_weight)
+        return self.weight_prior.activation(logits)

@@ -26,7 +26,7 @@ import torch
 from svreg_monai.networks.layers.hyperize import HyperConditionedNetwork, LayerSelector
 from svreg_monai.networks.nets.outputs import RegistrationOutput
 from svreg_monai.networks.nets.transmorph_spr import TransMorphTVFSPR
-from svreg_monai.utils.validation import check_tensor
+from svreg_monai.priors import BetaPrior, HyperparameterSpace, WeightPrior, get_prior
 
 __all__ = [
     "HyperTransMorphTVFSPR",
@@ -36,42 +36,13 @@ __all__ = [
     "DEFAULT_LAMBDA_RANGE",
 ]
 
-DEFAULT_ALPHA_RANGE = (1.0, 1.2)
+DEFAULT_ALPHA_RANGE = BetaPrior.default_range
 """Beta-prior shape ``alpha`` for codes 0 and 1 (reference: ``alpha = 1 + 0.2 * b``)."""
 DEFAULT_LAMBDA_RANGE = (0.0, 5.0)
 """Regularisation scale ``lambda_max`` for codes 0 and 1 (reference: ``lambda_max = 5 * r``)."""
 
-# rounding tolerance of the inverse mapping (a float32 alpha of 1.2 maps to a code of 1 + 2e-7)
-_CODE_TOLERANCE = 1e-5
-
 # the reference keeps the patch-merging projections ordinary layers
 _DEFAULT_EXCLUDE = ("encoder.layers.*.downsample.reduction",)
-
-
-def _check_range(values: Sequence[float], name: str) -> tuple[float, float]:
-    lo, hi = (float(v) for v in values)
-    if not lo < hi:
-        raise ValueError(f"{name} must be (low, high) with low < high, got {tuple(values)!r}.")
-    return lo, hi
-
-
-def _check_codes(codes: object, extrapolate: bool, name: str = "codes") -> torch.Tensor:
-    codes = check_tensor(codes, name, ndim=(1, 2))
-    if codes.ndim == 1:
-        codes = codes.unsqueeze(0)
-    if codes.shape[1] != 2:
-        raise ValueError(
-            f"{name} must have shape (B, 2) with columns (alpha code, lambda_max code), got {tuple(codes.shape)}."
-        )
-    if not (torch.jit.is_scripting() or torch.jit.is_tracing()):
-        if not bool(torch.isfinite(codes).all()):
-            raise ValueError(f"{name} must be finite, got {codes.tolist()}.")
-        if not extrapolate and bool(((codes < 0) | (codes > 1)).any()):
-            raise ValueError(
-                f"{name} must lie in the trained range [0, 1], got {codes.tolist()}; pass extrapolate=True to use "
-                "codes outside it."
-            )
-    return codes
 
 
 def codes_to_hyperparameters(
@@ -80,9 +51,10 @@ def codes_to_hyperparameters(
     lambda_range: Sequence[float] = DEFAULT_LAMBDA_RANGE,
     extrapolate: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Map hyperparameter codes to the loss hyperparameters, linearly: code 0 -> ``low``, code 1 -> ``high``.
+    """Map Beta-prior codes to ``(alpha, lambda_max)``, linearly: code 0 -> ``low``, code 1 -> ``high``.
 
-    With the default ranges this is the reference's ``alpha = 1 + 0.2 * b``, ``lambda_max = 5 * r``.
+    :meth:`svreg_monai.priors.HyperparameterSpace.to_values` for the Beta prior; with the default ranges this is
+    the reference's ``alpha = 1 + 0.2 * b``, ``lambda_max = 5 * r``.
 
     Args:
         codes: ``(B, 2)`` (or ``(2,)``) codes ``(b, r)`` in ``[0, 1]``.
@@ -96,10 +68,8 @@ def codes_to_hyperparameters(
     Raises:
         ValueError: for codes outside ``[0, 1]`` (unless ``extrapolate``), non-finite codes or a bad shape.
     """
-    codes = _check_codes(codes, extrapolate)
-    a0, a1 = _check_range(alpha_range, "alpha_range")
-    l0, l1 = _check_range(lambda_range, "lambda_range")
-    return a0 + (a1 - a0) * codes[:, 0], l0 + (l1 - l0) * codes[:, 1]
+    values = HyperparameterSpace("beta", alpha_range, lambda_range).to_values(codes, extrapolate)
+    return values["alpha"], values["lambda_max"]
 
 
 def hyperparameters_to_codes(
@@ -109,14 +79,7 @@ def hyperparameters_to_codes(
     lambda_range: Sequence[float] = DEFAULT_LAMBDA_RANGE,
     extrapolate: bool = False,
 ) -> torch.Tensor:
-    """Inverse of :func:`codes_to_hyperparameters`.
-
-    Args:
-        alpha: Beta-prior shape, a number or a ``(B,)`` tensor.
-        lambda_max: regularisation scale, a number or a ``(B,)`` tensor (broadcast against ``alpha``).
-        alpha_range: ``alpha`` at codes 0 and 1.
-        lambda_range: ``lambda_max`` at codes 0 and 1.
-        extrapolate: accept values whose codes fall outside ``[0, 1]``.
+    """Inverse of :func:`codes_to_hyperparameters` (:meth:`~svreg_monai.priors.HyperparameterSpace.to_codes`).
 
     Returns:
         ``(B, 2)`` codes (``B = 1`` for numbers), float32 for numbers, else the tensors' dtype and device.
@@ -125,31 +88,7 @@ def hyperparameters_to_codes(
         ValueError: if a value lies outside its range (unless ``extrapolate``); codes within ``1e-5`` of the range
         (rounding) are clamped to ``[0, 1]``.
     """
-    a0, a1 = _check_range(alpha_range, "alpha_range")
-    l0, l1 = _check_range(lambda_range, "lambda_range")
-    ref = alpha if isinstance(alpha, torch.Tensor) else lambda_max if isinstance(lambda_max, torch.Tensor) else None
-    kwargs: dict[str, Any] = {"dtype": torch.float32} if ref is None else {"dtype": ref.dtype, "device": ref.device}
-    values = []
-    for value, name in ((alpha, "alpha"), (lambda_max, "lambda_max")):
-        if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
-            raise ValueError(f"{name} must be a number or a (B,) tensor, got {value!r}.")
-        t = torch.as_tensor(value, **kwargs)
-        if t.ndim > 1:
-            raise ValueError(f"{name} must be a number or a (B,) tensor, got shape {tuple(t.shape)}.")
-        values.append(t.reshape(-1))
-    alpha_t, lambda_t = torch.broadcast_tensors(*values)
-    codes = torch.stack(((alpha_t - a0) / (a1 - a0), (lambda_t - l0) / (l1 - l0)), dim=1)
-    if extrapolate:
-        return codes
-    if not (torch.jit.is_scripting() or torch.jit.is_tracing()):
-        for col, (name, lo, hi) in enumerate((("alpha", a0, a1), ("lambda_max", l0, l1))):
-            if bool(((codes[:, col] < -_CODE_TOLERANCE) | (codes[:, col] > 1 + _CODE_TOLERANCE)).any()):
-                raise ValueError(
-                    f"{name} must lie in the trained range [{lo}, {hi}], got {values[col].tolist()}; pass "
-                    "extrapolate=True to use values outside it."
-                )
-    # values at the ends of the ranges may round to codes just outside [0, 1]
-    return codes.clamp(0.0, 1.0)
+    return HyperparameterSpace("beta", alpha_range, lambda_range).to_codes(alpha, lambda_max, extrapolate)
 
 
 class HyperTransMorphTVFSPR(HyperConditionedNetwork):
@@ -191,8 +130,12 @@ class HyperTransMorphTVFSPR(HyperConditionedNetwork):
         rank: basis size of the ``"low_rank"`` generator.
         base_weights: keep ``TransMorphTVFSPR``'s initial weights as the base of every hyper layer (the model starts
             equal to it for every code); False generates the weights from scratch as the reference does.
-        alpha_range: ``alpha`` at codes 0 and 1 (reference ``(1.0, 1.2)``).
-        lambda_range: ``lambda_max`` at codes 0 and 1 (reference ``(0.0, 5.0)``).
+        alpha_range: the prior parameter at codes 0 and 1 (``alpha`` for the Beta prior, reference ``(1.0, 1.2)``;
+            None for the prior's ``default_range``). Ignored when ``space`` is given.
+        lambda_range: ``lambda_max`` at codes 0 and 1 (reference ``(0.0, 5.0)``). Ignored when ``space`` is given.
+        space: the :class:`~svreg_monai.priors.HyperparameterSpace` the codes map onto (its prior must be
+            ``prior``); None builds it from ``prior``, ``alpha_range`` and ``lambda_range``. The network itself only
+            sees codes; the space is what :meth:`codes_to_hyperparameters` and the engines use.
         include: layers to hyperize (see :class:`~svreg_monai.networks.layers.HyperConditionedNetwork`); None = all.
         exclude: layers to keep ordinary; default: the patch-merging projections, as in the reference.
         kwargs: further arguments of :class:`~svreg_monai.networks.nets.TransMorphTVFSPR` (``in_channels``,
@@ -215,14 +158,15 @@ class HyperTransMorphTVFSPR(HyperConditionedNetwork):
         depths: Sequence[int] = (4, 4, 5),
         num_heads: Sequence[int] = (8, 8, 8),
         time_steps: int = 7,
-        prior: str = "beta",
+        prior: str | WeightPrior = "beta",
         hidden: int = 96,
         hyper_layers: int = 6,
         generator: str = "dense",
         rank: int = 8,
         base_weights: bool = False,
-        alpha_range: Sequence[float] = DEFAULT_ALPHA_RANGE,
+        alpha_range: Sequence[float] | None = None,
         lambda_range: Sequence[float] = DEFAULT_LAMBDA_RANGE,
+        space: HyperparameterSpace | None = None,
         include: LayerSelector = None,
         exclude: LayerSelector = _DEFAULT_EXCLUDE,
         **kwargs: Any,
@@ -232,8 +176,12 @@ class HyperTransMorphTVFSPR(HyperConditionedNetwork):
                 "use_checkpoint=True is not supported by HyperTransMorphTVFSPR: checkpointed hyper layers would be "
                 "recomputed outside the call that provides their embedding."
             )
-        alpha_lohi = _check_range(alpha_range, "alpha_range")
-        lambda_lohi = _check_range(lambda_range, "lambda_range")
+        if space is None:
+            space = HyperparameterSpace(prior, alpha_range, lambda_range)
+        elif not isinstance(space, HyperparameterSpace):
+            raise ValueError(f"space must be a HyperparameterSpace or None, got {space!r}.")
+        elif get_prior(prior).name != space.prior.name:
+            raise ValueError(f"prior {prior!r} differs from the space's prior {space.prior.name!r}.")
         backbone = TransMorphTVFSPR(
             img_size=img_size,
             spatial_dims=spatial_dims,
@@ -255,20 +203,20 @@ class HyperTransMorphTVFSPR(HyperConditionedNetwork):
             include=include,
             exclude=exclude,
         )
-        self.alpha_range = alpha_lohi
-        self.lambda_range = lambda_lohi
+        self.space = space
 
     def codes_to_hyperparameters(
         self, codes: torch.Tensor, extrapolate: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, 2)`` codes -> ``(alpha, lambda_max)`` of shape ``(B,)`` with this model's ranges."""
-        return codes_to_hyperparameters(codes, self.alpha_range, self.lambda_range, extrapolate)
+        """``(B, 2)`` codes -> ``(prior parameter, lambda_max)`` of shape ``(B,)`` in this model's :attr:`space`."""
+        values = self.space.to_values(codes, extrapolate)
+        return values[self.space.prior.parameter], values["lambda_max"]
 
     def hyperparameters_to_codes(
         self, alpha: float | torch.Tensor, lambda_max: float | torch.Tensor, extrapolate: bool = False
     ) -> torch.Tensor:
-        """``(alpha, lambda_max)`` -> ``(B, 2)`` codes with this model's ranges."""
-        return hyperparameters_to_codes(alpha, lambda_max, self.alpha_range, self.lambda_range, extrapolate)
+        """``(prior parameter, lambda_max)`` -> ``(B, 2)`` codes in this model's :attr:`space`."""
+        return self.space.to_codes(alpha, lambda_max, extrapolate)
 
     def inverse_ddf(self, velocity: torch.Tensor, spatial_size: Sequence[int]) -> torch.Tensor:
         """Inverse displacement from an output's ``velocity`` (``TransMorphTVFSPR.inverse_ddf``; needs no codes)."""
@@ -287,7 +235,7 @@ class HyperTransMorphTVFSPR(HyperConditionedNetwork):
         Returns:
             ``RegistrationOutput(ddf, velocity, weight)`` as :class:`~svreg_monai.networks.nets.TransMorphTVFSPR`.
         """
-        codes = _check_codes(hyper, extrapolate, name="hyper").to(dtype=moving.dtype)
+        codes = self.space.check_codes(hyper, extrapolate, name="hyper").to(dtype=moving.dtype)
         if codes.shape[0] not in (1, moving.shape[0]):
             raise ValueError(
                 f"hyper must have one row per sample ({moving.shape[0]}) or one row, got shape {tuple(hyper.shape)}."

@@ -24,8 +24,9 @@ from monai.networks.nets import VoxelMorphUNet
 
 from svreg_monai.blocks.integration import VelocityFieldIntegrator
 from svreg_monai.blocks.resize import resize_ddf
-from svreg_monai.networks.blocks.weight_head import WEIGHT_PRIORS, RegularizationWeightHead
+from svreg_monai.networks.blocks.weight_head import RegularizationWeightHead
 from svreg_monai.networks.nets.outputs import RegistrationOutput
+from svreg_monai.priors import WeightPrior, get_prior
 from svreg_monai.utils.precision import autocast, check_mixed_precision, guard_bfloat16_convolutions, to_float32
 from svreg_monai.utils.validation import check_same_device, check_spatial_dims, check_tensor
 
@@ -59,7 +60,8 @@ class SpatiallyVaryingRegistrationNet(nn.Module):
         spatial_dims: 2 or 3.
         feature_channels: channels of the backbone output.
         weight_hidden_channels: channels of the weight head's conv blocks.
-        prior: ``"beta"`` (weight in ``[eps, 1]``, reference) or ``"gaussian"`` (in ``[eps, max_weight]``).
+        prior: ``"beta"`` (weight in ``[eps, 1]``, reference), ``"gaussian"`` (in ``[eps, max_weight]``), any
+            registered prior name or a :class:`~svreg_monai.priors.WeightPrior`.
         weight_norm: normalisation of the weight head's conv blocks (MONAI name; ``"batch"`` as in the reference).
         feature_act: optional activation applied to the backbone output before the heads (MONAI name, e.g.
             ``("leakyrelu", {"negative_slope": 0.2})``), for backbones whose last layer is a bare convolution.
@@ -97,7 +99,7 @@ class SpatiallyVaryingRegistrationNet(nn.Module):
         spatial_dims: int,
         feature_channels: int,
         weight_hidden_channels: int = 16,
-        prior: str = "beta",
+        prior: str | WeightPrior = "beta",
         weight_norm: str | tuple | None = "batch",
         feature_act: str | tuple | None = None,
         velocity_kernel_size: int = 3,
@@ -117,8 +119,7 @@ class SpatiallyVaryingRegistrationNet(nn.Module):
         for name, value in (("feature_channels", feature_channels), ("weight_hidden_channels", weight_hidden_channels)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if prior not in WEIGHT_PRIORS:
-            raise ValueError(f"prior must be one of {WEIGHT_PRIORS}, got {prior!r}.")
+        get_prior(prior)  # an unknown name fails here, listing the registered priors
         if velocity_init not in VELOCITY_INITS:
             raise ValueError(f"velocity_init must be one of {VELOCITY_INITS}, got {velocity_init!r}.")
         if velocity_init_std < 0:

@@ -28,8 +28,9 @@ from monai.networks.blocks import Convolution
 from svreg_monai.blocks.integration import TVF_RULES, VelocityFieldIntegrator
 from svreg_monai.blocks.resize import resize_ddf
 from svreg_monai.networks.blocks.swin_encoder import SwinEncoder
-from svreg_monai.networks.blocks.weight_head import WEIGHT_PRIORS, RegularizationWeightHead
+from svreg_monai.networks.blocks.weight_head import RegularizationWeightHead
 from svreg_monai.networks.nets.outputs import RegistrationOutput
+from svreg_monai.priors import WeightPrior, get_prior
 from svreg_monai.utils.precision import autocast, check_mixed_precision, guard_bfloat16_convolutions, to_float32
 from svreg_monai.utils.validation import check_flag, check_spatial_dims, check_tensor
 
@@ -141,8 +142,8 @@ class TransMorphTVFSPR(nn.Module):
         integration_steps: scaling-and-squaring steps applied to the accumulated field (reference: 7; 0 = none).
         max_displacement: clamp of the integrated half-resolution field, in half-resolution voxels (reference:
             100; None = no clamp).
-        prior: ``"beta"`` (sigmoid head, weight in ``[1e-6, 1]``) or ``"gaussian"`` (softplus head, weight in
-            ``[1e-6, max_weight]``).
+        prior: ``"beta"`` (sigmoid head, weight in ``[1e-6, 1]``), ``"gaussian"`` (softplus head, weight in
+            ``[1e-6, max_weight]``), any registered prior name or a :class:`~svreg_monai.priors.WeightPrior`.
         max_weight: upper bound of the Gaussian-prior head.
         norm: normalisation of the convolution blocks where the reference uses ``BatchNorm`` (the image skip
             convolutions and the lambda head): ``"batch"`` (reference) or ``"instance"``. The decoder blocks use
@@ -199,7 +200,7 @@ class TransMorphTVFSPR(nn.Module):
         tvf_rule: str = "reference",
         integration_steps: int = 7,
         max_displacement: float | None = 100.0,
-        prior: str = "beta",
+        prior: str | WeightPrior = "beta",
         max_weight: float = 5.0,
         norm: str = "batch",
         zero_init_velocity: bool = False,
@@ -228,8 +229,7 @@ class TransMorphTVFSPR(nn.Module):
             raise ValueError(f"time_steps must be an integer >= 1, got {time_steps!r}.")
         if tvf_rule not in TVF_RULES:
             raise ValueError(f"tvf_rule must be one of {TVF_RULES}, got {tvf_rule!r}.")
-        if prior not in WEIGHT_PRIORS:
-            raise ValueError(f"prior must be one of {WEIGHT_PRIORS}, got {prior!r}.")
+        get_prior(prior)  # an unknown name fails here, listing the registered priors
         if norm not in _NORMS:
             raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}.")
         if embed_dim < 2 or embed_dim % 2:
