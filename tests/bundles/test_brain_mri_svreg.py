@@ -53,8 +53,10 @@ def test_train_writes_into_its_run_folder_not_over_the_shipped_weights(trained):
     assert (run / "models" / "checkpoint_epoch=1.pt").is_file()
     assert (run / "models" / "model.pt").is_file()
     assert list((run / "logs").glob("events.out.tfevents.*"))
-    assert (root / "models" / "model.pt").read_bytes() == (BUNDLE / "models" / "model.pt").read_bytes()
-    assert sorted(p.name for p in (root / "models").iterdir()) == ["model.pt"] and not (root / "logs").exists()
+    for name in ("model.pt", "hyper_model.pt"):  # the shipped weights are untouched
+        assert (root / "models" / name).read_bytes() == (BUNDLE / "models" / name).read_bytes()
+    assert sorted(p.name for p in (root / "models").iterdir()) == ["hyper_model.pt", "model.pt"]
+    assert not (root / "logs").exists()
     for name in ("val_mean_dice", "val_identity_dice", "val_ndv", "train_similarity", "train_prior", "skipped_steps"):
         assert re.search(rf"{name}: -?\d", log), name
     assert "Iter:" not in log  # the progress bar alone reports iterations (no per-iteration INFO line beside it)

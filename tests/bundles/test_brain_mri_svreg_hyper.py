@@ -28,7 +28,8 @@ import torch
 
 SUBJECTS = 6  # 2 training pairs (one batch of 2), 2 validation and 2 test pairs
 TINY = {**bundle_testing.TINY, "demo_subjects": SUBJECTS}
-HYPER_TINY = {**TINY, "rank": 2}
+# the tests' own hyper model, not the shipped one (models/hyper_model.pt, excluded from the copied bundle)
+HYPER_TINY = {**TINY, "rank": 2, "ckpt_dir": "$os.path.join(@bundle_root, 'runs', 'hyper', 'models')"}
 bundle_testing.require_bundle_extras()
 BUNDLE = bundle_testing.BUNDLE
 _configs = bundle_testing.configs
@@ -169,7 +170,8 @@ def test_inference_rejects_settings_outside_the_trained_range(bundle, hyper, mat
 
 def test_grid_search_writes_landscapes_best_codes_and_figure(hyper_trained):
     root, _, _ = hyper_trained
-    log = run_bundle(root, _configs("train", "hyper_train", "grid_search"), HYPER_TINY, "--grid#step", "0.5")
+    log = run_bundle(root, _configs("train", "hyper_train", "grid_search"), HYPER_TINY, "--grid#step", "0.5",
+                     "--grid#checkpoint", str(root / "runs" / "hyper" / "models" / "hyper_model.pt"))  # fmt: skip
     out = root / "eval" / "grid_search"
     assert {p.name for p in out.iterdir()} == {
         "grid_search.npz", "grid_search.csv", "grid_search.json", "best_codes.json", "dice.png", "ndv.png",

@@ -85,7 +85,7 @@ def test_register_optimise_mode(files, tmp_path):
 def test_register_with_hyper_codes(files, tmp_path):
     kwargs = {k: v for k, v in TINY.items() if k != "demo_subjects"}
     net = HyperTransMorphTVFSPR(
-        img_size=(96, 96, 96), window_size=(3, 3, 3), hidden=96, hyper_layers=6, generator="low_rank", rank=4,
+        img_size=(96, 96, 96), window_size=(3, 3, 3), hidden=96, hyper_layers=6, generator="low_rank", rank=1,
         base_weights=True, alpha_range=(1.0, 1.2), lambda_range=(0.0, 5.0), **kwargs,
     )  # fmt: skip
     torch.save(net.state_dict(), tmp_path / "hyper.pt")
