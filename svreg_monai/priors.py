@@ -28,7 +28,6 @@ take either a name (``"beta"``, ``"gaussian"``) or an instance. A new prior is o
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -36,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from monai.utils import look_up_option
 
-from svreg_monai.utils.validation import check_finite, check_per_sample_value, check_tensor
+from svreg_monai.utils.validation import check_finite, check_number, check_per_sample_value, check_tensor
 
 __all__ = [
     "BetaPrior",
@@ -109,18 +108,10 @@ def gaussian_prior(
     return inv_b * sq.flatten(1).mean(dim=1)
 
 
-def _number(value: Any, name: str) -> float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}.")
-    return float(value)
-
-
 def _range(values: Sequence[float], name: str) -> tuple[float, float]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != 2:
         raise ValueError(f"{name} must be (low, high), got {values!r}.")
-    lo, hi = (_number(v, name) for v in values)
+    lo, hi = (check_number(v, name) for v in values)
     if not lo < hi:
         raise ValueError(f"{name} must be (low, high) with low < high, got {tuple(values)!r}.")
     return lo, hi
@@ -159,7 +150,7 @@ class WeightPrior:
     search_name: ClassVar[str] = ""
 
     def __init__(self, eps: float = 1e-6, max_weight: float = 5.0) -> None:
-        eps, max_weight = _number(eps, "eps"), _number(max_weight, "max_weight")
+        eps, max_weight = check_number(eps, "eps"), check_number(max_weight, "max_weight")
         if not 0 < eps < 1 or max_weight <= eps:
             raise ValueError(f"need 0 < eps < 1 and max_weight > eps, got eps={eps}, max_weight={max_weight}.")
         self.eps = eps
@@ -194,7 +185,7 @@ class WeightPrior:
     def check_parameter(self, value: Any, name: str | None = None) -> float:
         """Return ``value`` as a float after checking it is a finite number in the parameter's domain."""
         name = name or self.parameter
-        value = _number(value, name)
+        value = check_number(value, name)
         if value < self.parameter_minimum:
             raise ValueError(f"{name} must be >= {self.parameter_minimum:g} for the {self.name} prior, got {value}.")
         return value
@@ -322,7 +313,7 @@ class GaussianPrior(WeightPrior):
 
     def __init__(self, eps: float = 1e-6, max_weight: float = 5.0, mean: float = 1.0) -> None:
         super().__init__(eps=eps, max_weight=max_weight)
-        self.mean = _number(mean, "mean")
+        self.mean = check_number(mean, "mean")
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.clamp(F.softplus(logits), self.eps, self.max_weight)

@@ -25,7 +25,6 @@ Both samplers follow the ``hyper_sampler(batch_size, device) -> (B, H)`` protoco
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch
 
 from svreg_monai.priors import PRIOR_REGISTRY, HyperparameterSpace, WeightPrior
 from svreg_monai.utils.io import write_json
-from svreg_monai.utils.validation import check_flag
+from svreg_monai.utils.validation import check_flag, check_number
 
 __all__ = [
     "FixedHyperSampler",
@@ -44,14 +43,6 @@ __all__ = [
     "hyper_setting_name",
     "save_hyper_setting",
 ]
-
-
-def _number(value: Any, name: str) -> float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}.")
-    return float(value)
 
 
 def _code_row(codes: Any, name: str, num_hyper: int | None = None) -> torch.Tensor:
@@ -121,7 +112,7 @@ class UniformHyperSampler:
 
     def _bounds(self, value: float | Sequence[float], name: str) -> torch.Tensor:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return torch.full((self.num_hyper,), _number(value, name))
+            return torch.full((self.num_hyper,), check_number(value, name))
         return _code_row(value, name, self.num_hyper)
 
     def __call__(self, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -286,7 +277,7 @@ class ReferenceHyperMapping:
             codes = row.tolist()
         for col, name in enumerate(self.space.names):
             if hyper.get(name) is not None:
-                value = _number(hyper[name], f"hyper#{name}")
+                value = check_number(hyper[name], f"hyper#{name}")
                 codes[col] = float(self.space.code_of(name, value, extrapolate)[0])
         if codes[0] is None or codes[1] is None:
             missing = [n for n, c in zip(self.space.names, codes) if c is None]

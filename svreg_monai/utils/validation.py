@@ -17,6 +17,7 @@ inside a convolution or ``grid_sample``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -30,6 +31,7 @@ __all__ = [
     "check_same_device",
     "check_per_sample_value",
     "check_flag",
+    "check_number",
 ]
 
 SUPPORTED_SPATIAL_DIMS = (2, 3)
@@ -37,6 +39,19 @@ SUPPORTED_SPATIAL_DIMS = (2, 3)
 
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
+
+
+def check_number(value: object, name: str) -> float:
+    """Return a finite real number (a Python number or a one-element tensor) as ``float``.
+
+    Raises:
+        ValueError: for booleans, non-numbers and non-finite values, naming ``name`` and the value.
+    """
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}.")
+    return float(value)
 
 
 def check_flag(value: object, name: str) -> bool:
