@@ -46,7 +46,6 @@ __all__ = [
     "beta_prior",
     "gaussian_prior",
     "get_prior",
-    "prior_names",
     "register_prior",
 ]
 
@@ -156,13 +155,8 @@ class WeightPrior:
         self.eps = eps
         self.max_weight = max_weight
 
-    @property
-    def upper(self) -> float:
-        """Upper bound of the weight (1 for a prior on ``(0, 1]``)."""
-        return self.max_weight
-
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
-        """Map ``(B, 1, *S)`` head logits to the weight, inside ``[eps, upper]``."""
+        """Map ``(B, 1, *S)`` head logits to the weight, inside the prior's support, clamped below at ``eps``."""
         raise NotImplementedError
 
     def logits(self, weight: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
@@ -254,11 +248,6 @@ def get_prior(prior: str | WeightPrior, **kwargs: Any) -> WeightPrior:
     return cls(**{k: v for k, v in kwargs.items() if k in accepted})
 
 
-def prior_names() -> tuple[str, ...]:
-    """Names of the registered priors."""
-    return tuple(PRIOR_REGISTRY)
-
-
 @register_prior
 class BetaPrior(WeightPrior):
     """Beta(alpha, 1) on ``w`` in ``(0, 1]`` (the reference): ``-log p(w) = (1 - alpha) log w``.
@@ -275,10 +264,6 @@ class BetaPrior(WeightPrior):
     display_name = "α − 1"
     display_offset = 1.0
     search_name = "alpha_minus_one"
-
-    @property
-    def upper(self) -> float:
-        return 1.0
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.clamp(torch.sigmoid(logits), self.eps, 1.0)

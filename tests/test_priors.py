@@ -46,10 +46,6 @@ class ExponentialPrior(WeightPrior):
     default_range = (0.0, 0.1)
     display_name = "rate"
 
-    @property
-    def upper(self) -> float:
-        return 1.0
-
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.clamp(torch.sigmoid(logits), self.eps, 1.0)
 
