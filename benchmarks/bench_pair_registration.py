@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_affine_prealignment import tissue_labels
 
 from svreg_monai.apps import load_checked_image, load_network, register_pair
-from svreg_monai.bundle_tools import checkpoint_window_size
+from svreg_monai.apps.bundle_tools import checkpoint_window_size
 from svreg_monai.networks.nets import TransMorphTVFSPR
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "brain_mri_svreg"

@@ -44,7 +44,7 @@ from bench_instance_optimisation import ANTS_SCRIPT, ants_to_ddf, evaluate, prep
 from bench_pair_registration import BUNDLE, PAIRS, shipped_network, write_results
 
 from svreg_monai.apps import load_network
-from svreg_monai.bundle_tools import checkpoint_window_size
+from svreg_monai.apps.bundle_tools import checkpoint_window_size
 from svreg_monai.networks.nets import HyperTransMorphTVFSPR
 from svreg_monai.priors import HyperparameterSpace
 from svreg_monai.registration import optimize_spr

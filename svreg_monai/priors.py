@@ -460,7 +460,7 @@ class HyperparameterSpace:
             shown = t.tolist() if t.numel() > 1 else t.item()
             raise ValueError(
                 f"{name} must lie in the range the network was trained on, [{lo:g}, {hi:g}], got {shown}; "
-                "pass extrapolate=True (config: hyper#extrapolate) to use values outside it."
+                "pass extrapolate=True to use values outside it."
             )
         return code.clamp(0.0, 1.0)
 

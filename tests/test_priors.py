@@ -176,12 +176,15 @@ def test_new_prior_in_one_class_trains_plain_and_hyper_models(exponential):
         loss.last_terms["prior"], (-rate * out.weight.detach().flatten(1).mean(1)).mean(), rtol=1e-5, atol=1e-7
     )
     assert any(not torch.equal(before[k], v) for k, v in hyper.hypernet.state_dict().items())
-    assert mapping.resolve({"rate": 0.05, "lambda_max": 2.5}) == pytest.approx([0.5, 0.5])
+    from svreg_monai.apps import resolve_hyper_setting
+
+    assert resolve_hyper_setting(mapping, {"rate": 0.05, "lambda_max": 2.5}) == pytest.approx([0.5, 0.5])
     assert mapping.setting_name([0.5, 0.5]) == "hyper_rate=0.05_lambda_max=2.5"
 
 
 def test_tuning_searches_any_registered_prior(exponential):
-    from svreg_monai.tuning import params_to_config, search_space
+    from svreg_monai.apps import params_to_config
+    from svreg_monai.tuning import search_space
 
     first, second = search_space(exponential)
     assert (first.name, first.low, first.high) == ("rate", 0.0, 0.1) and second.name == "lambda_max"

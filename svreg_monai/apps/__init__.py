@@ -8,10 +8,18 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Applications: code that knows files, folders and bundles (the core packages import nothing from here)."""
+"""Applications: the code that knows files, folders, bundles and their config ids.
+
+The core packages import nothing from here (an import-linter layers contract in ``setup.cfg``, checked by CI):
+pair registration of two scans (:func:`register_pair`), the bundle's hyper setting and grid search
+(:func:`resolve_hyper_setting`, :class:`EvaluatorGridSearch`), the Optuna tuner of a bundle (:class:`BundleTuner`),
+and the model-zoo tools (:mod:`svreg_monai.apps.bundle_tools`, ``python -m svreg_monai.apps.bundle_tools pack``,
+imported on its own).
+"""
 
 from __future__ import annotations
 
+from .grid_search import EvaluatorGridSearch, best_codes_layer, resolve_hyper_setting
 from .pair_registration import (
     DeformableResult,
     NetworkStage,
@@ -24,16 +32,24 @@ from .pair_registration import (
     register_pair,
     summarize_result,
 )
+from .tuning import BundleTuner, params_to_config, run_bundle_trial, write_best_params
 
 __all__ = [
+    "BundleTuner",
     "DeformableResult",
+    "EvaluatorGridSearch",
     "NetworkStage",
     "OptimisationStage",
     "PairRegistrationResult",
     "RegistrationMode",
+    "best_codes_layer",
     "load_checked_image",
     "load_network",
     "load_state_dict",
+    "params_to_config",
     "register_pair",
+    "resolve_hyper_setting",
+    "run_bundle_trial",
     "summarize_result",
+    "write_best_params",
 ]

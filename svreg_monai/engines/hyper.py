@@ -16,7 +16,7 @@ of regularisation settings. Each training iteration draws codes ``(b, r) ~ U[0, 
 (:class:`ReferenceHyperMapping`): the prior parameter (the Beta prior's ``alpha = 1 + 0.2 b`` in the reference, or
 the Gaussian prior's ``1 / sigma^2`` over a configurable range) and ``lambda_max = 5 r``. Evaluation and inference
 use fixed codes (:class:`FixedHyperSampler`), given directly or converted from ``alpha`` and ``lambda_max``
-(:meth:`ReferenceHyperMapping.resolve`, range-checked).
+(:meth:`ReferenceHyperMapping.to_codes`, range-checked).
 
 Both samplers follow the ``hyper_sampler(batch_size, device) -> (B, H)`` protocol and the mapping the
 ``hyper_to_loss(codes) -> {"lambda_max": (B,), "prior_param": (B,)}`` protocol of
@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from svreg_monai.priors import PRIOR_REGISTRY, HyperparameterSpace, WeightPrior
+from svreg_monai.priors import HyperparameterSpace, WeightPrior
 from svreg_monai.utils.io import write_json
 from svreg_monai.utils.validation import check_flag, check_number
 
@@ -232,61 +232,6 @@ class ReferenceHyperMapping:
     ) -> torch.Tensor:
         """Prior parameter and ``lambda_max`` -> ``(B, 2)`` codes; see :meth:`HyperparameterSpace.to_codes`."""
         return self.space.to_codes(prior_param, lambda_max, extrapolate)
-
-    def resolve(self, hyper: Mapping[str, Any]) -> list[float]:
-        """Codes of a setting given as in a bundle's ``"hyper"`` config entry.
-
-        ``hyper`` may hold ``codes`` (``[b, r]``), the prior parameter (``alpha`` for the Beta prior,
-        ``inv_sigma2`` for the Gaussian prior), ``lambda_max`` and ``extrapolate``; ``None`` entries are ignored.
-        ``codes`` gives both codes; the prior parameter replaces the first, ``lambda_max`` the second, so
-        ``{"codes": [0.5, 0.2], "lambda_max": 2.0}`` means ``b = 0.5`` and ``lambda_max = 2``. ``extrapolate``
-        may be a bool or a command-line string (``"true"``/``"false"``, see :func:`~svreg_monai.utils.check_flag`).
-
-        Args:
-            hyper: the setting.
-
-        Returns:
-            ``[b, r]``.
-
-        Raises:
-            ValueError: for unknown keys, a parameter of another prior, a missing code, or codes / values outside
-                the trained range (naming the value and the range) unless ``hyper["extrapolate"]`` is true.
-        """
-        parameters = sorted({cls.parameter for cls in PRIOR_REGISTRY.values()})
-        allowed = ["codes", *parameters, "lambda_max", "extrapolate"]
-        if not isinstance(hyper, Mapping):
-            raise ValueError(f"hyper must be a mapping with keys among {allowed}, got {hyper!r}.")
-        unknown = sorted(set(hyper) - set(allowed))
-        if unknown:
-            raise ValueError(f"hyper has unknown keys {unknown}; allowed: {allowed}.")
-        extrapolate = check_flag(hyper.get("extrapolate") or False, "hyper#extrapolate")
-        for other in parameters:
-            if other != self.prior_name and hyper.get(other) is not None:
-                raise ValueError(
-                    f"hyper#{other}={hyper[other]!r} does not apply to the {self.prior} prior; set "
-                    f"hyper#{self.prior_name}."
-                )
-        codes: list[float | None] = [None, None]
-        if hyper.get("codes") is not None:
-            row = _code_row(hyper["codes"], "hyper#codes", 2)
-            if not extrapolate and bool(((row < 0) | (row > 1)).any()):
-                raise ValueError(
-                    f"hyper#codes must lie in the trained range [0, 1], got {row.tolist()}; set hyper#extrapolate "
-                    "to true to use codes outside it."
-                )
-            codes = row.tolist()
-        for col, name in enumerate(self.space.names):
-            if hyper.get(name) is not None:
-                value = check_number(hyper[name], f"hyper#{name}")
-                codes[col] = float(self.space.code_of(name, value, extrapolate)[0])
-        if codes[0] is None or codes[1] is None:
-            missing = [n for n, c in zip(self.space.names, codes) if c is None]
-            raise ValueError(
-                f"hyper must give hyper#codes [b, r] or hyper#{self.prior_name} and hyper#lambda_max; "
-                f"missing: {missing} (received {dict(hyper)})."
-            )
-        # drop float rounding noise (0.5000000000000004) so that names and JSON files read cleanly
-        return [round(float(codes[0]), 10), round(float(codes[1]), 10)]
 
     def describe(self, codes: Sequence[float] | torch.Tensor, extrapolate: bool = False) -> dict[str, Any]:
         """``{"prior": ..., "codes": [b, r], <prior_name>: ..., "lambda_max": ..., "extrapolate": ...}``."""

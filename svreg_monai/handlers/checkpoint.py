@@ -85,8 +85,9 @@ class _KeyMetricState:
 class TrainingCheckpoint:
     """Save the whole training state every epoch and, on request, resume from the newest such checkpoint.
 
-    MONAI bundle configs cannot pass the trainer into its own handlers (``train#trainer`` -> ``train_handlers`` ->
-    handler -> ``train#trainer`` is a circular reference), yet resuming needs the trainer's epoch and iteration.
+    MONAI bundle configs cannot pass the trainer into its own handlers (the trainer's config entry lists the
+    handlers, so a handler referring to the trainer is a circular reference), yet resuming needs the trainer's epoch
+    and iteration.
     This handler therefore adds the engine it is attached to under ``engine_key`` and composes MONAI's own pieces:
     a ``CheckpointSaver(save_interval, epoch_level=True, n_saved)`` that writes ``checkpoint_epoch=N.pt``
     atomically, and, when ``resume`` is set, a ``CheckpointLoader`` run at ``STARTED`` on the newest of those files

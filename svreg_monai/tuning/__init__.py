@@ -9,13 +9,13 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """Setting the global regularisation hyperparameters: grid search over the codes of a hyper-conditioned network,
-and Bayesian optimisation (Optuna, optional dependency) over bundle trainings."""
+and the search space and study of the Bayesian optimisation (Optuna, optional dependency). The bundle's grid search
+and tuner, which train or evaluate bundles, are in :mod:`svreg_monai.apps`."""
 
 from __future__ import annotations
 
 from .grid import (
     DEFAULT_GRID_METRICS,
-    EvaluatorGridSearch,
     GridSearchResult,
     code_grid,
     evaluator_objective,
@@ -24,39 +24,30 @@ from .grid import (
     save_grid_search,
 )
 from .study import (
-    BundleTuner,
-    EpochMetricReporter,
     SearchParameter,
+    create_storage,
     create_study,
     finished_trial_count,
     import_optuna,
-    params_to_config,
-    run_bundle_trial,
     search_space,
     sqlite_url,
     suggest_parameters,
-    write_best_params,
 )
 
 __all__ = [
-    "BundleTuner",
     "DEFAULT_GRID_METRICS",
-    "EpochMetricReporter",
-    "EvaluatorGridSearch",
     "GridSearchResult",
     "SearchParameter",
     "code_grid",
+    "create_storage",
     "create_study",
     "evaluator_objective",
     "finished_trial_count",
     "grid_search",
     "hyper_grid_outputs",
     "import_optuna",
-    "params_to_config",
-    "run_bundle_trial",
     "save_grid_search",
     "search_space",
     "sqlite_url",
     "suggest_parameters",
-    "write_best_params",
 ]

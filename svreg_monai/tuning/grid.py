@@ -18,7 +18,7 @@ one from a MONAI evaluator whose ``prepare_batch`` draws its codes from a
 :class:`~svreg_monai.engines.FixedHyperSampler`. :func:`save_grid_search` writes the landscape (``.npz``, CSV,
 heatmap PNGs, a JSON report with the best codes) and :func:`hyper_grid_outputs` computes, for one pair, the λ maps
 and displacements of a small grid of settings for :func:`~svreg_monai.visualize.hyperparameter_grid_figure`.
-:class:`EvaluatorGridSearch` wires all of it for a bundle config.
+The bundle's grid search, which wires all of it, is :class:`svreg_monai.apps.EvaluatorGridSearch`.
 """
 
 from __future__ import annotations
@@ -36,13 +36,11 @@ import torch
 
 from svreg_monai.engines.hyper import FixedHyperSampler, ReferenceHyperMapping
 from svreg_monai.priors import get_prior
-from svreg_monai.utils.io import atomic_write, file_stem, write_csv, write_json
-from svreg_monai.utils.validation import check_flag
-from svreg_monai.visualize.hyper import hyperparameter_grid_figure, landscape_figure
+from svreg_monai.utils.io import atomic_write, write_csv, write_json
+from svreg_monai.visualize.hyper import landscape_figure
 
 __all__ = [
     "DEFAULT_GRID_METRICS",
-    "EvaluatorGridSearch",
     "GridSearchResult",
     "code_grid",
     "evaluator_objective",
@@ -218,7 +216,7 @@ def grid_search(
             if arr.min() < 0 or arr.max() > 1:
                 raise ValueError(
                     f"{name} must lie in the trained range [0, 1], got [{arr.min():g}, {arr.max():g}]; "
-                    "set extrapolate=True (config: grid#extrapolate) to evaluate outside it."
+                    "set extrapolate=True to evaluate outside it."
                 )
     mapping = mapping or ReferenceHyperMapping()
     prior_values = mapping.hyperparameters(np.stack([b, np.zeros_like(b)], 1), extrapolate=True)[mapping.prior_name]
@@ -304,10 +302,7 @@ def save_grid_search(
     - ``grid_search.csv``: one row per grid point (codes, hyperparameters, metrics);
     - ``<metric>.png``: a heatmap per metric (rows ``alpha - 1`` or ``1/sigma^2``, columns ``lambda_max``), the best
       point marked;
-    - ``grid_search.json``: the grid, the best setting and ``report``'s entries;
-    - ``best_codes.json``: ``{"hyper#codes": [b, r]}`` of the best setting, a config layer for
-      ``hyper_inference.json`` (with ``"hyper#extrapolate": true`` for codes outside ``[0, 1]``; only when there is
-      a best setting).
+    - ``grid_search.json``: the grid, the best setting and ``report``'s entries.
 
     Args:
         result: the landscapes.
@@ -317,7 +312,7 @@ def save_grid_search(
         heatmaps: write the PNGs (needs matplotlib).
 
     Returns:
-        file kind (``"npz"``, ``"csv"``, ``"json"``, ``"best_codes"``, ``"<metric>_png"``) -> path.
+        file kind (``"npz"``, ``"csv"``, ``"json"``, ``"<metric>_png"``) -> path.
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -363,11 +358,6 @@ def save_grid_search(
         "best": dict(best) if best is not None else None,
     }
     paths["json"] = write_json(out / "grid_search.json", document)
-    if best is not None:
-        layer: dict[str, Any] = {"hyper#codes": list(best["codes"])}
-        if any(not 0.0 <= c <= 1.0 for c in best["codes"]):
-            layer["hyper#extrapolate"] = True  # the layer must be usable as it is
-        paths["best_codes"] = write_json(out / "best_codes.json", layer)
     return paths
 
 
@@ -421,127 +411,3 @@ def hyper_grid_outputs(
         weights.append(w_row)
         ddfs.append(d_row)
     return weights, ddfs
-
-
-class EvaluatorGridSearch:
-    """Grid search of a bundle: run the validation evaluator over a grid of codes and save the landscapes.
-
-    :meth:`run` evaluates ``code_grid(start, stop, step)`` along both codes with :func:`evaluator_objective`,
-    selects the best setting (:meth:`GridSearchResult.best`), logs it, writes the files of
-    :func:`save_grid_search` into ``output_dir``, and, with ``figure_codes``, the figure
-    ``hyper_grid_figure.png`` of the λ maps and deformed grids of the first validation pair over
-    ``figure_codes x figure_codes``.
-
-    Args:
-        evaluator: the MONAI evaluator (its handlers should load the trained hyper model, e.g. a
-            ``CheckpointLoader``).
-        sampler: the evaluator's :class:`~svreg_monai.engines.FixedHyperSampler`.
-        mapping: the code -> hyperparameter mapping the network was trained with.
-        output_dir: destination folder.
-        start: first code of the grid (both axes).
-        stop: last code of the grid.
-        step: grid spacing (reference: 0.02 over ``[0, 1.08]``).
-        extrapolate: allow codes outside ``[0, 1]`` (the network must be called with ``extrapolate=True`` too).
-        metrics: short name -> evaluator metric name; default :data:`DEFAULT_GRID_METRICS`.
-        select: metric that defines the best setting.
-        mode: ``"max"`` or ``"min"`` for ``select``.
-        ndv_limit: only settings with NDV (metric ``"ndv"``) at most this value can be best; None for no limit.
-        figure_codes: codes of both axes of the λ-map figure; None or empty for no figure.
-    """
-
-    def __init__(
-        self,
-        evaluator: Any,
-        sampler: FixedHyperSampler,
-        mapping: ReferenceHyperMapping,
-        output_dir: str | os.PathLike,
-        start: float = 0.0,
-        stop: float = 1.0,
-        step: float = 0.25,
-        extrapolate: bool = False,
-        metrics: Mapping[str, str] | None = None,
-        select: str = "dice",
-        mode: str = "max",
-        ndv_limit: float | None = None,
-        figure_codes: Sequence[float] | None = (0.1, 0.5, 1.0),
-    ) -> None:
-        self.codes = code_grid(start, stop, step)
-        self.evaluator = evaluator
-        self.sampler = sampler
-        self.mapping = mapping
-        self.output_dir = Path(output_dir)
-        self.extrapolate = check_flag(extrapolate, "extrapolate")
-        self.metrics = dict(metrics or DEFAULT_GRID_METRICS)
-        if select not in self.metrics:
-            raise ValueError(f"select must be one of the recorded metrics {sorted(self.metrics)}, got {select!r}.")
-        if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
-        self.select = select
-        self.mode = mode
-        self.ndv_limit = ndv_limit
-        self.figure_codes = [float(c) for c in (figure_codes or ())]
-        self.result: GridSearchResult | None = None
-        self.best: dict[str, Any] | None = None
-
-    def run(self) -> dict[str, Any]:
-        """Run the search; returns ``grid_search.json``'s content plus ``"files"`` (kind -> path)."""
-        logger.info(
-            f"grid search over {self.codes.size} x {self.codes.size} codes in [{self.codes[0]:g}, {self.codes[-1]:g}]"
-            f" ({self.mapping}); writing to {self.output_dir}"
-        )
-        objective = evaluator_objective(self.evaluator, self.sampler, self.metrics)
-        self.result = grid_search(objective, self.codes, self.codes, self.mapping, self.extrapolate)
-        self.best = self.result.best(self.select, self.mode, self.ndv_limit)
-        if self.best is None:
-            logger.warning(f"grid search: no setting has a finite {self.select} with ndv <= {self.ndv_limit}.")
-        else:
-            shown = ", ".join(f"{k} {self.best[k]:.4f}" for k in self.metrics)
-            logger.info(
-                f"grid search best ({self.mode} {self.select}): codes {self.best['codes']} = "
-                f"{self.result.prior_name} {self.best[self.result.prior_name]:.4g}, lambda_max "
-                f"{self.best['lambda_max']:.4g}: {shown}"
-            )
-        report = {"select": self.select, "mode": self.mode, "ndv_limit": self.ndv_limit, "metric_names": self.metrics}
-        files = save_grid_search(self.result, self.output_dir, self.best, report)
-        if self.figure_codes:
-            files["figure"] = self.figure(self.output_dir / "hyper_grid_figure.png")
-        for kind, path in files.items():
-            logger.info(f"grid search wrote {kind}: {path}")
-        return {"best": self.best, "files": {k: str(v) for k, v in files.items()}}
-
-    def figure(self, path: str | os.PathLike) -> Path:
-        """λ maps and deformed grids of the first pair of the evaluator's data over ``figure_codes``."""
-        if not self.figure_codes:
-            raise ValueError("figure_codes is empty; give the codes of the figure's rows and columns.")
-        evaluator = self.evaluator
-        network = evaluator.network
-        device = getattr(evaluator.state, "device", None) or next(network.parameters()).device
-        batch = next(iter(evaluator.data_loader))
-        moving, _, args, kwargs = evaluator.prepare_batch(batch, device)
-        weights, ddfs = hyper_grid_outputs(
-            network,
-            moving[:1],
-            args[0][:1],
-            self.figure_codes,
-            self.figure_codes,
-            inferer=getattr(evaluator, "inferer", None),
-            **kwargs,
-        )
-        b = np.asarray(self.figure_codes)
-        values = self.mapping.hyperparameters(np.stack([b, b], 1), extrapolate=True)
-        rows = self.mapping.space.prior.to_display(values[self.mapping.prior_name].double().numpy())
-        meta = getattr(batch.get("fixed"), "meta", None) if isinstance(batch, Mapping) else None
-        name = ""
-        if isinstance(meta, Mapping) and meta.get("filename_or_obj") is not None:
-            source = meta["filename_or_obj"]
-            name = f": fixed {file_stem(str(source[0] if isinstance(source, (list, tuple)) else source))}"
-        return hyperparameter_grid_figure(
-            weights,
-            ddfs,
-            rows,
-            values["lambda_max"].double().numpy(),
-            path,
-            row_label=self.mapping.space.prior.display_name,
-            col_label="λ_max",
-            title=f"test-time control of the regularisation{name}",
-        )

@@ -32,6 +32,7 @@ __all__ = [
     "check_per_sample_value",
     "check_flag",
     "check_number",
+    "check_positive_int",
 ]
 
 SUPPORTED_SPATIAL_DIMS = (2, 3)
@@ -54,12 +55,25 @@ def check_number(value: object, name: str) -> float:
     return float(value)
 
 
+def check_positive_int(value: object, name: str, allow_none: bool = False) -> int | None:
+    """Return a positive integer (``bool`` excluded); None passes when ``allow_none``.
+
+    Raises:
+        ValueError: for anything else, naming ``name`` and the value.
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}.")
+    return int(value)
+
+
 def check_flag(value: object, name: str) -> bool:
     """Return a boolean option as ``bool``, accepting the strings a command line gives.
 
     ``True``/``False``, ``0``/``1`` and the strings ``true/false``, ``yes/no``, ``on/off``, ``1/0`` (any case) are
-    accepted: ``python -m monai.bundle run ... --hyper#extrapolate true`` passes the string ``"true"``, and the
-    string ``"false"`` must not count as true.
+    accepted: a command line such as ``python -m monai.bundle run ... --<id> true`` passes the string ``"true"``,
+    and the string ``"false"`` must not count as true.
 
     Raises:
         ValueError: for any other value, naming ``name`` and the value.

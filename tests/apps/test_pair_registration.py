@@ -329,7 +329,7 @@ def test_an_mha_copy_in_lps_gives_the_same_result(pair, tmp_path):
 def test_network_mode_at_several_sizes_with_one_checkpoint(pair, tmp_path):
     """One TM-SPR checkpoint (trained window 1) runs on working grids of different multiples of 32."""
     from svreg_monai.apps import load_network
-    from svreg_monai.bundle_tools import checkpoint_window_size
+    from svreg_monai.apps.bundle_tools import checkpoint_window_size
 
     net = TransMorphTVFSPR(img_size=(32, 32, 32), embed_dim=12, depths=(1, 1, 1), num_heads=(2, 2, 2), time_steps=2)
     torch.save(net.state_dict(), tmp_path / "model.pt")

@@ -10,7 +10,7 @@
 # limitations under the License.
 """Style gates of the model zoo for every bundle in ``bundles/``: formatted JSON configs, linted Python, no large
 files besides the weights, no absolute personal paths. Only the files that would be packed are checked (run
-outputs such as ``data/`` or ``logs/`` are not, see :func:`svreg_monai.bundle_tools.bundle_files`)."""
+outputs such as ``data/`` or ``logs/`` are not, see :func:`svreg_monai.apps.bundle_tools.bundle_files`)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from svreg_monai.bundle_tools import bundle_files
+from svreg_monai.apps.bundle_tools import bundle_files
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = sorted(p for p in (REPO / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())

@@ -9,7 +9,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """Model-zoo tooling of the brain_mri_svreg bundle: ``python -m monai.bundle verify_metadata``,
-``verify_net_in_out``, ``ckpt_export``, ``onnx_export`` and ``download``, and ``python -m svreg_monai.bundle_tools
+``verify_net_in_out``, ``ckpt_export``, ``onnx_export`` and ``download``, and ``python -m svreg_monai.apps.bundle_tools
 pack``."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import pytest
 import torch
 
 import svreg_monai
-from svreg_monai.bundle_tools import bundle_files, bundle_version, main, pack_bundle
+from svreg_monai.apps.bundle_tools import bundle_files, bundle_version, main, pack_bundle
 from svreg_monai.networks import DDFOnly, TransMorphTVFSPR
 
 REPO = Path(__file__).resolve().parents[2]
@@ -307,7 +307,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 def served_zip(tmp_path):
     """The packed bundle (shipped weights included) served over HTTP on 127.0.0.1."""
     dist = tmp_path / "dist"
-    proc = bundle_cli("svreg_monai.bundle_tools", "pack", str(BUNDLE), "--output", str(dist), cwd=tmp_path)
+    proc = bundle_cli("svreg_monai.apps.bundle_tools", "pack", str(BUNDLE), "--output", str(dist), cwd=tmp_path)
     archive = Path(proc.stdout.strip().splitlines()[-1])
     assert archive.parent == dist and archive.is_file()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(dist)))

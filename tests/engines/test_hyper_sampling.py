@@ -83,46 +83,6 @@ def test_reference_mapping_matches_network_mapping_for_the_loss():
         mapping(torch.tensor([[1.5, 0.0]]))
 
 
-@pytest.mark.parametrize(
-    "prior,hyper,expected",
-    [
-        ("beta", {"codes": [0.5, 0.2]}, [0.5, 0.2]),
-        ("beta", {"alpha": 1.1, "lambda_max": 2.0}, [0.5, 0.4]),
-        ("beta", {"codes": [0.25, 0.2], "lambda_max": 5.0}, [0.25, 1.0]),  # lambda_max replaces r
-        ("beta", {"codes": [0.5, 0.2], "alpha": 1.0, "lambda_max": None}, [0.0, 0.2]),  # alpha replaces b
-        ("beta", {"alpha": 1.3, "lambda_max": 6.0, "extrapolate": True}, [1.5, 1.2]),
-        ("beta", {"codes": [1.1, -0.1], "extrapolate": "true"}, [1.1, -0.1]),
-        ("gaussian", {"inv_sigma2": 1.5, "lambda_max": 0.5}, [0.75, 0.1]),
-    ],
-)
-def test_resolve_codes_values_and_precedence(prior, hyper, expected):
-    assert ReferenceHyperMapping(prior).resolve(hyper) == pytest.approx(expected)
-
-
-@pytest.mark.parametrize(
-    "prior,hyper,match",
-    [
-        ("beta", {"alpha": 1.5, "lambda_max": 2.0}, r"alpha must lie in the range .* \[1, 1.2\], got 1.5"),
-        ("beta", {"alpha": 0.9, "lambda_max": 2.0}, r"alpha must lie .*got 0.9"),
-        ("beta", {"alpha": 1.1, "lambda_max": 5.5}, r"lambda_max must lie in the range .* \[0, 5\], got 5.5"),
-        ("beta", {"codes": [1.2, 0.5]}, r"hyper#codes must lie in the trained range \[0, 1\], got \[1.2"),
-        ("beta", {"codes": [0.5, -0.01]}, r"hyper#codes must lie in the trained range"),
-        ("beta", {"alpha": 1.1}, r"missing: \['lambda_max'\]"),
-        ("beta", {}, r"missing: \['alpha', 'lambda_max'\]"),
-        ("beta", {"inv_sigma2": 1.0, "lambda_max": 1.0}, "does not apply to the beta prior"),
-        ("gaussian", {"alpha": 1.1, "lambda_max": 1.0}, "does not apply to the gaussian prior"),
-        ("gaussian", {"inv_sigma2": 3.0, "lambda_max": 1.0}, r"inv_sigma2 must lie in the range .* \[0, 2\], got 3"),
-        ("beta", {"lamda_max": 1.0}, r"unknown keys \['lamda_max'\]"),
-        ("beta", {"codes": [0.5]}, "must hold 2 codes"),
-        ("beta", {"codes": [0.5, 0.5], "extrapolate": "maybe"}, "hyper#extrapolate must be true or false"),
-        ("beta", {"alpha": "x", "lambda_max": 1.0}, "hyper#alpha must be a finite number, got 'x'"),
-    ],
-)
-def test_resolve_rejects_out_of_range_and_malformed_settings(prior, hyper, match):
-    with pytest.raises(ValueError, match=match):
-        ReferenceHyperMapping(prior).resolve(hyper)
-
-
 def test_to_codes_inverts_the_mapping_and_clamps_rounding():
     mapping = ReferenceHyperMapping(HyperparameterSpace("beta", (1.0, 1.2), (0.0, 5.0)))
     codes = mapping.to_codes(torch.tensor([1.0, 1.1, 1.2]), 2.5)

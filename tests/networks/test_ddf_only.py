@@ -130,5 +130,5 @@ def test_rejects_non_modules():
 
 def test_options_of_the_wrapped_network_are_named():
     # `--network_def#img_size ...` on an inference config whose network_def is this wrapper
-    with pytest.raises(TypeError, match=r"DDFOnly only wraps `net`; got \['img_size'\].*network_def#net#img_size"):
+    with pytest.raises(TypeError, match=r"DDFOnly only wraps `net`; got \['img_size'\].*network given as `net`"):
         DDFOnly(nn.Identity(), img_size=(64, 64, 64))

@@ -468,7 +468,7 @@ def test_loading_weights_of_another_window_names_the_window():
 
 
 def test_checkpoint_window_size(tmp_path):
-    from svreg_monai.bundle_tools import checkpoint_window_size
+    from svreg_monai.apps.bundle_tools import checkpoint_window_size
 
     net = tiny_net(img_size=(64, 64, 64), window_size=(3, 3, 3))
     torch.save(net.state_dict(), tmp_path / "model.pt")
@@ -486,7 +486,7 @@ def test_checkpoint_window_size_of_a_foreign_file_is_the_default_with_a_warning(
     # default and whatever loads the checkpoint reports the file
     import logging
 
-    from svreg_monai.bundle_tools import checkpoint_window_size
+    from svreg_monai.apps.bundle_tools import checkpoint_window_size
 
     (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
     torch.save({"w": torch.zeros(1)}, tmp_path / "other.pt")

@@ -22,7 +22,6 @@ from svreg_monai.engines import FixedHyperSampler, ReferenceHyperMapping
 from svreg_monai.inferers import RegistrationInferer
 from svreg_monai.networks.nets import HyperTransMorphTVFSPR
 from svreg_monai.tuning import (
-    EvaluatorGridSearch,
     code_grid,
     evaluator_objective,
     grid_search,
@@ -87,20 +86,20 @@ def test_grid_search_checks_range_and_metric_names(tmp_path):
     result = grid_search(_objective, [1.08], [0.5], extrapolate=True)
     assert result.prior_values[0] == pytest.approx(1.216)
     files = save_grid_search(result, tmp_path, result.best(), heatmaps=False)
-    assert json.loads(files["best_codes"].read_text()) == {"hyper#codes": [1.08, 0.5], "hyper#extrapolate": True}
+    assert json.loads(files["json"].read_text())["best"]["codes"] == [1.08, 0.5]
     calls = iter([{"dice": 1.0}, {"ndv": 0.0}])
     with pytest.raises(ValueError, match=r"returned the metrics \['ndv'\] at codes \(0, 1\), but \['dice'\] before"):
         grid_search(lambda c: next(calls), [0.0], [0.0, 1.0])
 
 
-def test_save_grid_search_writes_npz_csv_json_heatmaps_and_layer(tmp_path):
+def test_save_grid_search_writes_npz_csv_json_and_heatmaps(tmp_path):
     pytest.importorskip("matplotlib")
     grid = code_grid(0, 1, 0.5)
     result = grid_search(_objective, grid, grid)
     best = result.best("dice")
     files = save_grid_search(result, tmp_path / "grid", best, report={"select": "dice"})
     assert {p.name for p in (tmp_path / "grid").iterdir()} == {
-        "grid_search.npz", "grid_search.csv", "grid_search.json", "best_codes.json", "dice.png", "ndv.png"
+        "grid_search.npz", "grid_search.csv", "grid_search.json", "dice.png", "ndv.png"
     }  # fmt: skip
     with np.load(files["npz"]) as data:
         assert set(data.files) == {"b_codes", "r_codes", "alpha", "lambda_max", "dice", "ndv"}
@@ -110,7 +109,6 @@ def test_save_grid_search_writes_npz_csv_json_heatmaps_and_layer(tmp_path):
     assert len(rows) == 9 and list(rows[0]) == ["b_code", "r_code", "alpha", "lambda_max", "dice", "ndv"]
     report = json.loads(files["json"].read_text())
     assert report["best"]["codes"] == best["codes"] and report["select"] == "dice" and report["alpha"] == [1, 1.1, 1.2]
-    assert json.loads(files["best_codes"].read_text()) == {"hyper#codes": best["codes"]}
 
 
 class _FakeEvaluator:
@@ -134,12 +132,6 @@ def test_evaluator_objective_sets_codes_and_reads_metrics():
     assert evaluator.runs == 1 and sampler.codes.tolist() == [0.25, 0.5]
     with pytest.raises(ValueError, match=r"computed no \['val_ndv'\]; it computed \['val_mean_dice', 'x'\]"):
         evaluator_objective(_FakeEvaluator(sampler, ("val_mean_dice", "x")), sampler)([0.0, 0.0])
-
-
-def test_evaluator_grid_search_validates_selection():
-    sampler = FixedHyperSampler([0.0, 0.0])
-    with pytest.raises(ValueError, match=r"select must be one of the recorded metrics \['dice', 'ndv'\]"):
-        EvaluatorGridSearch(_FakeEvaluator(sampler), sampler, ReferenceHyperMapping(), "out", select="ndp")
 
 
 def test_hyper_grid_outputs_through_the_inferer_differ_per_setting():

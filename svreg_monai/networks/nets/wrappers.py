@@ -65,7 +65,7 @@ class DDFOnly(nn.Module):
 
     Raises:
         TypeError: if ``net`` is not a :class:`torch.nn.Module`, or other arguments are given (the wrapped network's
-            options belong to ``net``: in a bundle, ``network_def#net#<option>``).
+            options belong to ``net``).
     """
 
     def __init__(self, net: nn.Module, **kwargs: Any) -> None:
@@ -73,8 +73,7 @@ class DDFOnly(nn.Module):
         if kwargs:
             raise TypeError(
                 f"DDFOnly only wraps `net`; got {sorted(kwargs)}, which are options of the wrapped network: set them "
-                f"on it (in a bundle: --network_def#net#{sorted(kwargs)[0]} ...). For the input size of a bundle, set "
-                "`image_size` (the trained attention window comes from the checkpoint)."
+                "on the network given as `net`."
             )
         if not isinstance(net, nn.Module):
             raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}.")

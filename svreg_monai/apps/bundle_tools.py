@@ -15,7 +15,7 @@ a single top folder ``<name>/``, the layout that ``python -m monai.bundle downlo
 the MONAI model zoo hosts. Run outputs and caches are left out (:data:`EXCLUDE_PATTERNS`); the shipped weights
 (``models/model.pt``) are included. Command line::
 
-    python -m svreg_monai.bundle_tools pack bundles/brain_mri_svreg --output dist/
+    python -m svreg_monai.apps.bundle_tools pack bundles/brain_mri_svreg --output dist/
 """
 
 from __future__ import annotations
@@ -226,8 +226,10 @@ def pack_bundle(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m svreg_monai.bundle_tools pack <bundle_dir> --output <dir> [--name NAME]``."""
-    parser = argparse.ArgumentParser(prog="python -m svreg_monai.bundle_tools", description=__doc__.splitlines()[0])
+    """Command line: ``python -m svreg_monai.apps.bundle_tools pack <bundle_dir> --output <dir> [--name NAME]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m svreg_monai.apps.bundle_tools", description=__doc__.splitlines()[0]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     pack = commands.add_parser("pack", help="write <name>_v<version>.zip of a bundle folder")
     pack.add_argument("bundle_dir", help="the bundle folder")
@@ -248,3 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(path)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
