@@ -56,7 +56,7 @@ from bench_affine_prealignment import tissue_labels
 from bench_pair_registration import PAIRS, shipped_network, write_results
 
 from svreg_monai.apps.pair_registration import _normalise, _working_grid, load_checked_image
-from svreg_monai.blocks.warping import warp_image
+from svreg_monai.flow.warping import warp_image
 from svreg_monai.losses.functional_similarity import local_normalized_cross_correlation_loss
 from svreg_monai.losses.regularization import SpatiallyVaryingRegularizationLoss
 from svreg_monai.metrics.functional import non_diffeomorphic_measures, sd_log_jacobian

@@ -71,7 +71,7 @@ def _build(args: argparse.Namespace):
             return out.ddf, out.weight
 
         def warp(image, ddf):
-            from svreg_monai.blocks import warp_image
+            from svreg_monai.flow import warp_image
 
             return warp_image(image, ddf)
 

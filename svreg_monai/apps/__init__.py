@@ -11,7 +11,8 @@
 """Applications: the code that knows files, folders, bundles and their config ids.
 
 The core packages import nothing from here (an import-linter layers contract in ``setup.cfg``, checked by CI):
-pair registration of two scans (:func:`register_pair`), the bundle's hyper setting and grid search
+the data source of a bundle (:func:`ensure_dataset`, :func:`load_split`), pair registration of two scans
+(:func:`register_pair`), the bundle's hyper setting and grid search
 (:func:`resolve_hyper_setting`, :class:`EvaluatorGridSearch`), the Optuna tuner of a bundle (:class:`BundleTuner`),
 and the model-zoo tools (:mod:`svreg_monai.apps.bundle_tools`, ``python -m svreg_monai.apps.bundle_tools pack``,
 imported on its own).
@@ -19,6 +20,7 @@ imported on its own).
 
 from __future__ import annotations
 
+from .datasets import DATASET_SOURCES, SPLIT_NAMES, ensure_dataset, load_split
 from .grid_search import EvaluatorGridSearch, best_codes_layer, resolve_hyper_setting
 from .pair_registration import (
     DeformableResult,
@@ -35,6 +37,8 @@ from .pair_registration import (
 from .tuning import BundleTuner, params_to_config, run_bundle_trial, write_best_params
 
 __all__ = [
+    "DATASET_SOURCES",
+    "SPLIT_NAMES",
     "BundleTuner",
     "DeformableResult",
     "EvaluatorGridSearch",
@@ -43,8 +47,10 @@ __all__ = [
     "PairRegistrationResult",
     "RegistrationMode",
     "best_codes_layer",
+    "ensure_dataset",
     "load_checked_image",
     "load_network",
+    "load_split",
     "load_state_dict",
     "params_to_config",
     "register_pair",

@@ -71,7 +71,7 @@ from svreg_monai.utils.itk_io import (
     write_itk_image,
     write_itk_transform,
 )
-from svreg_monai.utils.validation import check_flag
+from svreg_monai.utils.validation import check_flag, check_positive_int
 from svreg_monai.utils.world import (
     check_affine,
     ddf_to_world,
@@ -648,15 +648,11 @@ def register_pair(
         )
     if isinstance(spacing, bool) or not (isinstance(spacing, (int, float)) and spacing > 0):
         raise ValueError(f"spacing must be a positive number of millimetres, got {spacing!r}.")
-    if isinstance(size_divisor, bool) or not (isinstance(size_divisor, int) and size_divisor >= 1):
-        raise ValueError(f"size_divisor must be a positive integer, got {size_divisor!r}.")
+    check_positive_int(size_divisor, "size_divisor")
     lo, hi = (float(p) for p in intensity_percentiles)
     if not 0 <= lo < hi <= 100:
         raise ValueError(f"intensity_percentiles must be 0 <= lower < upper <= 100, got {list(intensity_percentiles)}.")
-    if num_threads is not None and (
-        isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
-    ):
-        raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}.")
+    check_positive_int(num_threads, "num_threads", allow_none=True)
     affine_options = dict(affine_options or {})
     allowed = set(inspect.signature(affine_register).parameters) - {"moving", "moving_affine", "fixed", "fixed_affine"}
     if set(affine_options) - allowed:

@@ -17,13 +17,11 @@ from .anatomy import REGISTRY_ANATOMY, aseg_tissue, kmeans_labels, load_registry
 from .checks import CheckRegistrationPaird
 from .datalist import DATALIST_MODES, load_registration_datalist, write_registration_datalist
 from .demo import (
-    DATASET_SOURCES,
     DEMO_GENERATOR_VERSION,
     DEMO_IMAGE_SIZE,
     DEMO_LABEL_NAMES,
     DEMO_LABEL_VALUES,
     DEMO_SPACING_MM,
-    ensure_dataset,
     make_demo_dataset,
 )
 from .ixi import (
@@ -39,7 +37,6 @@ from .ixi import (
     load_ixi_pickle,
     remap_labels,
 )
-from .splits import SPLIT_NAMES, load_split
 from .synth import (
     AnatomySource,
     SynthRegistrationDataset,
@@ -52,7 +49,6 @@ from .synth import (
 
 __all__ = [
     "DATALIST_MODES",
-    "DATASET_SOURCES",
     "DEMO_GENERATOR_VERSION",
     "DEMO_IMAGE_SIZE",
     "DEMO_LABEL_NAMES",
@@ -65,7 +61,6 @@ __all__ = [
     "IXI_VOI_LABELS",
     "IXI_VOI_NAMES",
     "REGISTRY_ANATOMY",
-    "SPLIT_NAMES",
     "AnatomySource",
     "SynthRegistrationDataset",
     "aseg_tissue",
@@ -81,11 +76,9 @@ __all__ = [
     "CheckRegistrationPaird",
     "IXIDataset",
     "LoadIXIPickled",
-    "ensure_dataset",
     "ixi_datalist",
     "load_ixi_pickle",
     "load_registration_datalist",
-    "load_split",
     "make_demo_dataset",
     "remap_labels",
     "write_registration_datalist",

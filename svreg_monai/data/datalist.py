@@ -50,6 +50,7 @@ from typing import Any
 
 from svreg_monai.utils import RegistrationKeys
 from svreg_monai.utils.io import atomic_write
+from svreg_monai.utils.validation import check_option
 
 __all__ = ["DATALIST_MODES", "load_registration_datalist", "write_registration_datalist"]
 
@@ -119,8 +120,7 @@ def load_registration_datalist(
         ValueError: for invalid JSON, a missing key or empty split, atlas mode without ``"atlas"``, items mixing the
             two formats, labels given for some items of the split but not for others, or an unknown ``mode``.
     """
-    if mode not in DATALIST_MODES:
-        raise ValueError(f"mode must be one of {DATALIST_MODES}, got {mode!r}.")
+    check_option(mode, DATALIST_MODES, "mode")
     datalist_path = Path(datalist_file)
     if not datalist_path.is_file():
         raise FileNotFoundError(f"datalist file '{datalist_path}' does not exist.")

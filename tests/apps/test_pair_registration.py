@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from svreg_monai.apps import register_pair
-from svreg_monai.blocks.integration import scaling_and_squaring
+from svreg_monai.flow.integration import scaling_and_squaring
 from svreg_monai.networks.nets import TransMorphTVFSPR
 from svreg_monai.networks.nets.outputs import RegistrationOutput
 from svreg_monai.utils.world import RAS_TO_LPS, resample_through

@@ -35,7 +35,7 @@ def bundle(tmp_path_factory):
     """A copy of the bundle (with its shipped weights) whose demo data set is created once for the module."""
     root = tmp_path_factory.mktemp("bundle") / "brain_mri_svreg"
     shutil.copytree(BUNDLE, root, ignore=shutil.ignore_patterns("data", "logs", "eval", "runs", "checkpoint_*.pt"))
-    from svreg_monai.data import ensure_dataset
+    from svreg_monai.apps import ensure_dataset
 
     ensure_dataset(root / "data" / "demo", source="demo", num_subjects=5)
     return root

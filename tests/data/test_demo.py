@@ -24,7 +24,6 @@ from svreg_monai.data import (
     DEMO_IMAGE_SIZE,
     DEMO_LABEL_VALUES,
     CheckRegistrationPaird,
-    ensure_dataset,
     load_registration_datalist,
     make_demo_dataset,
 )
@@ -120,7 +119,6 @@ def test_idempotent_and_parameter_mismatch(demo_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(demo_module, "_random_subject", fail)
     assert make_demo_dataset(root, **PARAMS) == root / "datalist.json"  # reused, nothing generated
-    assert ensure_dataset(root, "demo", **PARAMS) == str(root)
     assert (root / "sub-001" / "T1.nii.gz").stat().st_mtime_ns == mtime
     with pytest.raises(ValueError, match=r"generated with \{'num_subjects': 4.*overwrite=True"):
         make_demo_dataset(root, **{**PARAMS, "seed": 3})
@@ -165,12 +163,3 @@ def test_invalid_parameters(tmp_path, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         make_demo_dataset(tmp_path / "x", **kwargs)
     assert not (tmp_path / "x").exists()
-
-
-def test_ensure_dataset_other_sources(tmp_path):
-    assert ensure_dataset(tmp_path, "ixi", num_subjects=3) == str(tmp_path)
-    assert ensure_dataset(tmp_path, "datalist") == str(tmp_path)
-    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "IXI_data"))):
-        ensure_dataset(tmp_path / "IXI_data", "ixi")
-    with pytest.raises(ValueError, match="source must be one of"):
-        ensure_dataset(tmp_path, "oasis")

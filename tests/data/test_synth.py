@@ -18,7 +18,6 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from svreg_monai.blocks.warping import warp_image
 from svreg_monai.data.synth import (
     AnatomySource,
     SynthRegistrationDataset,
@@ -28,6 +27,7 @@ from svreg_monai.data.synth import (
     random_velocity,
     synthesize_image,
 )
+from svreg_monai.flow.warping import warp_image
 from svreg_monai.metrics.functional import jacobian_determinant
 
 SHAPE = (24, 28, 20)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from monai.metrics import DiceMetric
 
-from svreg_monai.blocks import warp_labels
+from svreg_monai.flow import warp_labels
 from svreg_monai.metrics import dice_per_structure, labels_to_onehot
 
 

@@ -19,8 +19,8 @@ import torch
 from monai.networks.nets import UNet
 from test_hyper_transmorph_spr import TINY
 
-from svreg_monai.blocks.resize import resize_ddf
-from svreg_monai.blocks.warping import warp_image
+from svreg_monai.flow.resize import resize_ddf
+from svreg_monai.flow.warping import warp_image
 from svreg_monai.networks.nets import HyperTransMorphTVFSPR, SpatiallyVaryingRegistrationNet, TransMorphTVFSPR
 
 

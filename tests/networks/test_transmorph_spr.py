@@ -333,7 +333,7 @@ def test_gradients_reach_every_parameter():
 
 
 def warp_mse(moving: torch.Tensor, fixed: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
-    from svreg_monai.blocks import warp_image
+    from svreg_monai.flow import warp_image
 
     return (warp_image(moving, ddf) - fixed).square().mean()
 

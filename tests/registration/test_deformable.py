@@ -17,8 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from svreg_monai.blocks.integration import scaling_and_squaring
-from svreg_monai.blocks.warping import warp_image
+from svreg_monai.flow.integration import scaling_and_squaring
+from svreg_monai.flow.warping import warp_image
 from svreg_monai.metrics.functional import jacobian_determinant
 from svreg_monai.networks.blocks.weight_head import regularization_weight_activation
 from svreg_monai.registration import optimize_spr, weight_logits

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from monai.utils import ensure_tuple_rep
 
 from svreg_monai.utils.precision import GUARDED_CONVOLUTIONS, guarded_convolution
-from svreg_monai.utils.validation import check_tensor
+from svreg_monai.utils.validation import check_option, check_positive_int, check_tensor
 
 __all__ = [
     "GENERATORS",
@@ -97,12 +97,6 @@ def current_hyper_embedding(key: int | None) -> torch.Tensor | None:
     return None if current is None else current.get(key)
 
 
-def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return value
-
-
 class ParameterGenerator(nn.Module):
     """Generate one parameter tensor per sample from an embedding (see the module docstring for the forms).
 
@@ -132,9 +126,8 @@ class ParameterGenerator(nn.Module):
         init_std: float | None = None,
     ) -> None:
         super().__init__()
-        _check_positive_int(embedding_dim, "embedding_dim")
-        if generator not in GENERATORS:
-            raise ValueError(f"generator must be one of {GENERATORS}, got {generator!r}.")
+        check_positive_int(embedding_dim, "embedding_dim")
+        check_option(generator, GENERATORS, "generator")
         self.shape = tuple(int(s) for s in shape)
         if len(self.shape) == 0 or any(s < 1 for s in self.shape):
             raise ValueError(f"shape must be a non-empty sequence of positive integers, got {shape!r}.")
@@ -151,7 +144,7 @@ class ParameterGenerator(nn.Module):
             self.dense = nn.Linear(embedding_dim, numel, bias=False)
             last = self.dense.weight
         else:
-            self.rank = _check_positive_int(rank, "rank")
+            self.rank = check_positive_int(rank, "rank")
             self.coefficients = nn.Linear(embedding_dim, self.rank, bias=False)
             self.basis = nn.Parameter(torch.empty(self.rank, numel, device=self.coefficients.weight.device))
             nn.init.uniform_(self.basis, -1.0 / math.sqrt(self.rank), 1.0 / math.sqrt(self.rank))
@@ -308,9 +301,9 @@ class HyperConv(_HyperLayer):
         super().__init__()
         if isinstance(spatial_dims, bool) or spatial_dims not in (1, 2, 3):
             raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}.")
-        _check_positive_int(in_channels, "in_channels")
-        _check_positive_int(out_channels, "out_channels")
-        _check_positive_int(groups, "groups")
+        check_positive_int(in_channels, "in_channels")
+        check_positive_int(out_channels, "out_channels")
+        check_positive_int(groups, "groups")
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})."
@@ -336,7 +329,7 @@ class HyperConv(_HyperLayer):
         self.output_padding = ensure_tuple_rep(output_padding, spatial_dims)
         self.groups = groups
         self.padding_mode = padding_mode
-        self.embedding_dim = _check_positive_int(embedding_dim, "embedding_dim")
+        self.embedding_dim = check_positive_int(embedding_dim, "embedding_dim")
         self.context_key: int | None = None
         if self.transposed:
             weight_shape = (in_channels, out_channels // groups, *self.kernel_size)
@@ -525,9 +518,9 @@ class HyperLinear(_HyperLayer):
         init_std: float | None = None,
     ) -> None:
         super().__init__()
-        self.in_features = _check_positive_int(in_features, "in_features")
-        self.out_features = _check_positive_int(out_features, "out_features")
-        self.embedding_dim = _check_positive_int(embedding_dim, "embedding_dim")
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.out_features = check_positive_int(out_features, "out_features")
+        self.embedding_dim = check_positive_int(embedding_dim, "embedding_dim")
         self.context_key: int | None = None
         base_w, base_b = None, None
         if base_weights:

@@ -40,6 +40,7 @@ from svreg_monai.networks.layers.hyper_layers import (
 )
 from svreg_monai.networks.layers.hypernetwork import HyperNetwork
 from svreg_monai.utils.precision import GUARDED_CONVOLUTIONS
+from svreg_monai.utils.validation import check_option
 
 __all__ = ["HyperConditionedNetwork", "hyperize", "HYPERIZABLE_TYPES"]
 
@@ -138,8 +139,7 @@ class HyperConditionedNetwork(nn.Module):
         super().__init__()
         if not isinstance(network, nn.Module):
             raise ValueError(f"network must be a torch.nn.Module, got {type(network).__name__}.")
-        if generator not in GENERATORS:
-            raise ValueError(f"generator must be one of {GENERATORS}, got {generator!r}.")
+        check_option(generator, GENERATORS, "generator")
         self.hypernet = HyperNetwork(num_hyper_params, hidden=hidden, layers=layers, act=act)
         self.context_key = next(_CONTEXT_KEYS)
         self.generator = generator

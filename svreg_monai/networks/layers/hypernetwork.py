@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from monai.networks.layers.utils import get_act_layer
 
-from svreg_monai.utils.validation import check_tensor
+from svreg_monai.utils.validation import check_positive_int, check_tensor
 
 __all__ = ["HyperNetwork"]
 
@@ -49,8 +49,7 @@ class HyperNetwork(nn.Module):
     ) -> None:
         super().__init__()
         for name, value in (("num_hyper_params", num_hyper_params), ("hidden", hidden), ("layers", layers)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+            check_positive_int(value, name)
         self.num_hyper_params = num_hyper_params
         self.hidden = hidden
         modules: list[nn.Module] = []

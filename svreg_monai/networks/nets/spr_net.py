@@ -22,13 +22,19 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers.utils import get_act_layer
 from monai.networks.nets import VoxelMorphUNet
 
-from svreg_monai.blocks.integration import VelocityFieldIntegrator
-from svreg_monai.blocks.resize import resize_ddf
+from svreg_monai.flow.integration import VelocityFieldIntegrator
+from svreg_monai.flow.resize import resize_ddf
 from svreg_monai.networks.blocks.weight_head import RegularizationWeightHead
 from svreg_monai.networks.nets.outputs import RegistrationOutput
 from svreg_monai.priors import WeightPrior, get_prior
 from svreg_monai.utils.precision import autocast, check_mixed_precision, guard_bfloat16_convolutions, to_float32
-from svreg_monai.utils.validation import check_same_device, check_spatial_dims, check_tensor
+from svreg_monai.utils.validation import (
+    check_option,
+    check_positive_int,
+    check_same_device,
+    check_spatial_dims,
+    check_tensor,
+)
 
 __all__ = ["SpatiallyVaryingRegistrationNet", "VELOCITY_INITS"]
 
@@ -43,7 +49,7 @@ class SpatiallyVaryingRegistrationNet(nn.Module):
     read the features:
 
     - a velocity head (one convolution to ``N = spatial_dims`` channels), whose stationary velocity field is
-      integrated by scaling and squaring (:class:`~svreg_monai.blocks.VelocityFieldIntegrator`) into a
+      integrated by scaling and squaring (:class:`~svreg_monai.flow.VelocityFieldIntegrator`) into a
       diffeomorphic displacement;
     - a :class:`~svreg_monai.networks.blocks.RegularizationWeightHead` producing the voxel-wise regularisation
       weight ``lambda(x)`` (in ``[eps, 1]`` for the Beta prior).
@@ -116,12 +122,10 @@ class SpatiallyVaryingRegistrationNet(nn.Module):
         if not isinstance(backbone, nn.Module):
             raise ValueError(f"backbone must be a torch.nn.Module, got {type(backbone).__name__}.")
         self.spatial_dims = check_spatial_dims(spatial_dims)
-        for name, value in (("feature_channels", feature_channels), ("weight_hidden_channels", weight_hidden_channels)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        check_positive_int(feature_channels, "feature_channels")
+        check_positive_int(weight_hidden_channels, "weight_hidden_channels")
         get_prior(prior)  # an unknown name fails here, listing the registered priors
-        if velocity_init not in VELOCITY_INITS:
-            raise ValueError(f"velocity_init must be one of {VELOCITY_INITS}, got {velocity_init!r}.")
+        check_option(velocity_init, VELOCITY_INITS, "velocity_init")
         if velocity_init_std < 0:
             raise ValueError(f"velocity_init_std must be >= 0, got {velocity_init_std}.")
         if isinstance(velocity_kernel_size, bool) or velocity_kernel_size < 1 or velocity_kernel_size % 2 == 0:

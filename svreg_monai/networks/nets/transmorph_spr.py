@@ -25,14 +25,14 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as checkpoint
 from monai.networks.blocks import Convolution
 
-from svreg_monai.blocks.integration import TVF_RULES, VelocityFieldIntegrator
-from svreg_monai.blocks.resize import resize_ddf
+from svreg_monai.flow.integration import TVF_RULES, VelocityFieldIntegrator
+from svreg_monai.flow.resize import resize_ddf
 from svreg_monai.networks.blocks.swin_encoder import SwinEncoder
 from svreg_monai.networks.blocks.weight_head import RegularizationWeightHead
 from svreg_monai.networks.nets.outputs import RegistrationOutput
 from svreg_monai.priors import WeightPrior, get_prior
 from svreg_monai.utils.precision import autocast, check_mixed_precision, guard_bfloat16_convolutions, to_float32
-from svreg_monai.utils.validation import check_flag, check_spatial_dims, check_tensor
+from svreg_monai.utils.validation import check_flag, check_option, check_spatial_dims, check_tensor
 
 __all__ = ["TransMorphDecoderBlock", "TransMorphTVFSPR"]
 
@@ -138,7 +138,7 @@ class TransMorphTVFSPR(nn.Module):
         reg_head_channels: channels of the features the velocity and lambda heads read (reference: 16).
         time_steps: number of time-varying velocity steps (reference: 7).
         tvf_rule: ``"reference"`` (``u_t = u_{t-1} + warp(v_t, v_t)``) or ``"composition"``
-            (``u_t = v_t + warp(u_{t-1}, v_t)``), see :func:`~svreg_monai.blocks.integration.tvf_step`.
+            (``u_t = v_t + warp(u_{t-1}, v_t)``), see :func:`~svreg_monai.flow.integration.tvf_step`.
         integration_steps: scaling-and-squaring steps applied to the accumulated field (reference: 7; 0 = none).
         max_displacement: clamp of the integrated half-resolution field, in half-resolution voxels (reference:
             100; None = no clamp).
@@ -227,11 +227,9 @@ class TransMorphTVFSPR(nn.Module):
             )
         if isinstance(time_steps, bool) or not isinstance(time_steps, int) or time_steps < 1:
             raise ValueError(f"time_steps must be an integer >= 1, got {time_steps!r}.")
-        if tvf_rule not in TVF_RULES:
-            raise ValueError(f"tvf_rule must be one of {TVF_RULES}, got {tvf_rule!r}.")
+        check_option(tvf_rule, TVF_RULES, "tvf_rule")
         get_prior(prior)  # an unknown name fails here, listing the registered priors
-        if norm not in _NORMS:
-            raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}.")
+        check_option(norm, _NORMS, "norm")
         if embed_dim < 2 or embed_dim % 2:
             raise ValueError(f"embed_dim must be a positive even number, got {embed_dim}.")
         if max_displacement is not None and max_displacement <= 0:

@@ -8,7 +8,9 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Building blocks: velocity-field integration, warping and displacement resampling."""
+"""Displacement and velocity fields: integration (scaling and squaring, time-varying steps), warping, composition
+and resampling. Functional operations on fields, not network blocks (those are in
+:mod:`svreg_monai.networks.blocks`); the name follows deepali's ``core.flow``."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from svreg_monai.blocks import RegistrationWarp, resize_ddf, warp_image, warp_labels
+from svreg_monai.flow import RegistrationWarp, resize_ddf, warp_image, warp_labels
 
 
 def random_labels(shape: tuple[int, ...], values: list[int], seed: int = 0) -> torch.Tensor:

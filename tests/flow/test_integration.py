@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.blocks import DVF2DDF
 
-from svreg_monai.blocks import (
+from svreg_monai.flow import (
     VelocityFieldIntegrator,
     compose_ddf,
     integrate_tvf,

@@ -30,9 +30,9 @@ import torch
 import torch.nn as nn
 from monai.networks.blocks import Warp
 
-from svreg_monai.blocks.warping import RegistrationWarp, compose_ddf
+from svreg_monai.flow.warping import RegistrationWarp, compose_ddf
 from svreg_monai.utils.precision import to_float32
-from svreg_monai.utils.validation import check_ddf
+from svreg_monai.utils.validation import check_ddf, check_option
 
 __all__ = ["scaling_and_squaring", "tvf_step", "integrate_tvf", "VelocityFieldIntegrator", "TVF_RULES"]
 
@@ -43,12 +43,6 @@ def _check_steps(num_steps: int, minimum: int) -> int:
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < minimum:
         raise ValueError(f"num_steps must be an integer >= {minimum}, got {num_steps!r}.")
     return num_steps
-
-
-def _check_rule(rule: str) -> str:
-    if rule not in TVF_RULES:
-        raise ValueError(f"tvf_rule must be one of {TVF_RULES}, got {rule!r}.")
-    return rule
 
 
 def scaling_and_squaring(velocity: torch.Tensor, num_steps: int = 7, warp: Warp | None = None) -> torch.Tensor:
@@ -93,7 +87,7 @@ def tvf_step(
     Returns:
         ``(B, N, *S)`` accumulated displacement ``u_t``.
     """
-    _check_rule(rule)
+    check_option(rule, TVF_RULES, "tvf_rule")
     check_ddf(velocity, "velocity")
     layer = warp if warp is not None else RegistrationWarp()
     velocity = to_float32(velocity)
@@ -175,7 +169,7 @@ class VelocityFieldIntegrator(nn.Module):
             raise ValueError(f"padding_mode must be 'zeros', 'border' or 'reflection', got {padding_mode!r}.")
         self.mode = mode
         self.num_steps = _check_steps(num_steps, 1 if mode == "svf" else 0)
-        self.tvf_rule = _check_rule(tvf_rule)
+        self.tvf_rule = check_option(tvf_rule, TVF_RULES, "tvf_rule")
         self.warp = RegistrationWarp(mode=interp_mode, padding_mode=padding_mode)
 
     def step(self, ddf: torch.Tensor | None, velocity: torch.Tensor) -> torch.Tensor:
