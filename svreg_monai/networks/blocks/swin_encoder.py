@@ -22,7 +22,8 @@ from the TransMorph encoder, so pretrained TransMorph weights could not be repro
 - MONAI's patch merging concatenates the eight sub-grids in another order than TransMorph.
 
 The pieces that do agree are taken from MONAI: :class:`~monai.networks.blocks.PatchEmbed` (padded strided convolution
-and layer norm), :class:`~monai.networks.blocks.MLPBlock` and :class:`~monai.networks.layers.DropPath`.
+and layer norm), :class:`~monai.networks.blocks.MLPBlock`, :class:`~monai.networks.layers.DropPath` and the window
+partition and its inverse (``window_partition``/``window_reverse`` of ``monai.networks.nets.swin_unetr``).
 
 Every learnable layer is an ordinary ``nn.Linear``/``nn.Conv*d``/``nn.LayerNorm`` module, so a generic
 hyper-network wrapper that swaps those modules can condition the encoder.
@@ -41,12 +42,11 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as checkpoint
 from monai.networks.blocks import MLPBlock, PatchEmbed
 from monai.networks.layers import DropPath
+from monai.networks.nets.swin_unetr import window_partition, window_reverse
 
 from svreg_monai.utils.validation import check_spatial_dims, check_tensor
 
 __all__ = [
-    "window_partition",
-    "window_reverse",
     "relative_position_index",
     "window_size_from_table",
     "shifted_window_mask",
@@ -70,47 +70,6 @@ def _prod(values: Sequence[int]) -> int:
     for v in values:
         out *= int(v)
     return out
-
-
-def window_partition(x: torch.Tensor, window_size: Sequence[int]) -> torch.Tensor:
-    """Split a channel-last map into non-overlapping windows.
-
-    Args:
-        x: ``(B, *S, C)`` with every ``S[i]`` divisible by ``window_size[i]``.
-        window_size: window extent per spatial axis.
-
-    Returns:
-        ``(B * num_windows, prod(window_size), C)``, windows in row-major order of their grid position.
-    """
-    n = len(window_size)
-    shape: list = [x.shape[0]]
-    for size, win in zip(x.shape[1:-1], window_size):
-        shape += [size // win, win]
-    shape.append(x.shape[-1])
-    x = x.view(shape)
-    perm = [0] + [1 + 2 * i for i in range(n)] + [2 + 2 * i for i in range(n)] + [2 * n + 1]
-    return x.permute(perm).reshape(-1, _prod(window_size), x.shape[-1])
-
-
-def window_reverse(windows: torch.Tensor, window_size: Sequence[int], spatial_size: Sequence) -> torch.Tensor:
-    """Inverse of :func:`window_partition`.
-
-    Args:
-        windows: ``(B * num_windows, prod(window_size), C)``.
-        window_size: window extent per spatial axis.
-        spatial_size: the map size ``S`` (multiples of ``window_size``).
-
-    Returns:
-        ``(B, *S, C)``.
-    """
-    n = len(window_size)
-    grid = [size // win for size, win in zip(spatial_size, window_size)]
-    x = windows.view([-1, *grid, *window_size, windows.shape[-1]])
-    perm = [0]
-    for i in range(n):
-        perm += [1 + i, 1 + n + i]
-    perm.append(2 * n + 1)
-    return x.permute(perm).reshape([-1, *spatial_size, windows.shape[-1]])
 
 
 def relative_position_index(window_size: Sequence[int]) -> torch.Tensor:
@@ -362,7 +321,7 @@ class SwinBlock(nn.Module):
         if self.shifted:
             x = torch.roll(x, shifts=[-s for s in self.shift_size], dims=dims)
         windows = self.attn(window_partition(x, self.window_size), mask=attn_mask if self.shifted else None)
-        x = window_reverse(windows, self.window_size, padded_size)
+        x = window_reverse(windows, self.window_size, [x.shape[0], *padded_size])
         if self.shifted:
             x = torch.roll(x, shifts=list(self.shift_size), dims=dims)
         if padded:
